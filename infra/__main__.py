@@ -1,0 +1,172 @@
+"""The Bulkhead Pulumi program: reads the stack's config once, validates it, and wires the components.
+
+A stack named after a region lays out that region; the stack named `global` lays out DNS failover
+and the status site. Config errors stop the program before any resource is declared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+import pulumi_aws as aws
+from bulkhead import status_page, topology
+from components.alerting import Alerting, AlertingArgs
+from components.control_rods import ControlRods, ControlRodsArgs
+from components.data import Postgres, PostgresArgs
+from components.dns import GlobalTraffic, GlobalTrafficArgs, RegionEndpoint
+from components.network import RegionNetwork, RegionNetworkArgs
+from components.routing import RoutingMesh, RoutingMeshArgs
+from components.runtime import DynoCell, DynoCellArgs
+from components.status import StatusSite, StatusSiteArgs
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+REGION_KEYS = (
+    "bulkhead:partnerRegion", "bulkhead:availabilityZones", "bulkhead:vpcCidr", "bulkhead:cells",
+    "bulkhead:routersPerAz", "bulkhead:routerWarmPool", "bulkhead:dynoHostsPerCellAz",
+    "bulkhead:maxConnectionsPerBackend", "bulkhead:routerInstanceType", "bulkhead:dynoInstanceType",
+    "bulkhead:postgresInstanceType", "bulkhead:imageOwner", "bulkhead:imageNamePattern", "bulkhead:ansibleRepo",
+    "bulkhead:alertEmail", "bulkhead:archiveRetentionDays",
+)  # fmt: skip
+GLOBAL_KEYS = (
+    "bulkhead:domain", "bulkhead:primaryRegion", "bulkhead:secondaryRegion", "bulkhead:services",
+    "bulkhead:stackOrganization", "bulkhead:statusRegion", "bulkhead:statusRoleArn", "bulkhead:statusDomain",
+)  # fmt: skip
+
+
+def read_config(keys: tuple[str, ...]) -> dict[str, str | None]:
+    """Every key this stack may set, as strings; defaults are applied by `bulkhead.topology`."""
+    raw: dict[str, str | None] = {"aws:region": pulumi.Config("aws").get("region")}
+    for key in keys:
+        namespace, name = key.split(":")
+        raw[key] = pulumi.Config(namespace).get(name)
+    return raw
+
+
+def region_stack(spec: topology.RegionSpec) -> None:
+    tags = {"bulkhead:stack": spec.stack, "bulkhead:region": spec.region}
+    image = aws.ec2.get_ami_output(
+        most_recent=True,
+        owners=[spec.image_owner],
+        filters=[
+            aws.ec2.GetAmiFilterArgs(name="name", values=[spec.image_name_pattern]),
+            aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
+        ],
+    )
+    network = RegionNetwork(
+        spec.name, RegionNetworkArgs(region=spec.region, cidr=spec.vpc_cidr, subnets=spec.subnets(), tags=tags)
+    )
+    mesh = RoutingMesh(
+        spec.name,
+        RoutingMeshArgs(
+            region=spec.region,
+            vpc_id=network.vpc_id,
+            vpc_cidr=spec.vpc_cidr,
+            public_subnet_ids=network.public_subnet_ids,
+            private_subnet_ids=network.private_subnet_ids,
+            image_id=image.id,
+            instance_type=spec.router_instance_type,
+            routers_per_az=spec.routers_per_az,
+            warm_pool=spec.router_warm_pool,
+            max_connections_per_backend=spec.max_connections_per_backend,
+            ansible_repo=spec.ansible_repo,
+            tags=tags,
+        ),
+    )
+    cells = [
+        DynoCell(
+            f"{spec.name}-cell{cell}",
+            DynoCellArgs(
+                region=spec.region,
+                cell=cell,
+                vpc_id=network.vpc_id,
+                private_subnet_ids=network.private_subnet_ids,
+                router_security_group_id=mesh.router_security_group_id,
+                image_id=image.id,
+                instance_type=spec.dyno_instance_type,
+                hosts_per_az=spec.dyno_hosts_per_cell_az,
+                ansible_repo=spec.ansible_repo,
+                tags={**tags, "bulkhead:cell": str(cell)},
+            ),
+        )
+        for cell in range(1, spec.cells + 1)
+    ]
+    database = Postgres(
+        spec.name,
+        PostgresArgs(
+            region=spec.region,
+            partner_region=spec.partner_region,
+            server=spec.database_server,
+            bucket_prefix=spec.name,
+            vpc_id=network.vpc_id,
+            primary_az=spec.availability_zones[0],
+            standby_az=spec.availability_zones[1],
+            private_subnet_ids=network.private_subnet_ids,
+            client_security_group_ids=[cell.security_group_id for cell in cells],
+            image_id=image.id,
+            instance_type=spec.postgres_instance_type,
+            retention_days=spec.archive_retention_days,
+            ansible_repo=spec.ansible_repo,
+            tags=tags,
+        ),
+    )
+    rods = ControlRods(spec.name, ControlRodsArgs(region=spec.region, tags=tags))
+    alerting = Alerting(spec.name, AlertingArgs(region=spec.region, alert_email=spec.alert_email, tags=tags))
+
+    pulumi.export("region", spec.region)
+    pulumi.export("partnerRegion", spec.partner_region)
+    pulumi.export("vpcId", network.vpc_id)
+    pulumi.export("routerLbDnsName", mesh.load_balancer_dns_name)
+    pulumi.export("archiveBucket", database.archive_bucket)
+    pulumi.export("archiveReplicaBucket", database.replica_bucket)
+    pulumi.export("databaseServer", spec.database_server)
+    pulumi.export("postgresPrimaryIp", database.primary_private_ip)
+    pulumi.export("postgresStandbyIp", database.standby_private_ip)
+    pulumi.export("controlRods", rods.parameter_names)
+    pulumi.export("alarmTopicArn", alerting.topic_arn)
+
+
+def global_stack(spec: topology.GlobalSpec) -> None:
+    def endpoint(region: str) -> RegionEndpoint:
+        reference = pulumi.StackReference(spec.region_stack_name(region))
+        return RegionEndpoint(region=region, dns_name=reference.require_output("routerLbDnsName"))
+
+    traffic = GlobalTraffic(
+        "bulkhead",
+        GlobalTrafficArgs(
+            domain=spec.domain,
+            services=list(spec.services),
+            primary=endpoint(spec.primary_region),
+            secondary=endpoint(spec.secondary_region),
+        ),
+    )
+    site = StatusSite(
+        "bulkhead-status",
+        StatusSiteArgs(
+            region=spec.status_region,
+            role_arn=spec.status_role_arn,
+            bucket_name=spec.status_domain.replace(".", "-"),
+            page_html=status_page.render(f"{spec.domain} status"),
+        ),
+    )
+    pulumi.export("zoneId", traffic.zone_id)
+    pulumi.export("nameServers", traffic.name_servers)
+    pulumi.export("statusBucket", site.bucket)
+    pulumi.export("statusUrl", pulumi.Output.concat("https://", site.distribution_domain))
+
+
+def main() -> None:
+    stack = pulumi.get_stack()
+    try:
+        if stack == topology.GLOBAL_STACK:
+            spec = topology.global_spec(read_config(GLOBAL_KEYS), topology.partner_regions(PROJECT_DIR))
+            global_stack(spec)
+        else:
+            spec = topology.region_spec(stack, read_config(REGION_KEYS), topology.peer_vpc_cidrs(PROJECT_DIR, stack))
+            region_stack(spec)
+    except topology.ConfigError as error:
+        # RunError prints its one line without a traceback, under the pulumi CLI as under the local cloud.
+        raise pulumi.RunError(str(error)) from None
+
+
+main()

@@ -1,0 +1,263 @@
+"""Postgres: a primary and a streaming standby in different AZs, and the WAL archive they write.
+
+The archive bucket is versioned, encrypted, TLS-only and private, and S3 replication copies it to a
+bucket in the partner region (April 2011: one region's storage hung for days). The database hosts'
+role may write only its own server prefix, so a compromised host cannot destroy another's backups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+from bulkhead import bootstrap
+
+from .host_helpers import agent_policy, host_tags, instance_profile, policy_document
+
+POSTGRES_PORT = 5432
+
+
+@dataclass
+class PostgresArgs:
+    """Where the two database hosts go, who may connect, and where the archive lives."""
+
+    region: str
+    partner_region: str
+    server: str
+    bucket_prefix: str
+    vpc_id: pulumi.Input[str]
+    primary_az: str
+    standby_az: str
+    private_subnet_ids: dict[str, pulumi.Input[str]]
+    client_security_group_ids: list[pulumi.Input[str]]
+    image_id: pulumi.Input[str]
+    instance_type: str
+    retention_days: int
+    ansible_repo: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Postgres(pulumi.ComponentResource):
+    """The database tier of one region and its cross-region archive."""
+
+    archive_bucket: pulumi.Output[str]
+    replica_bucket: pulumi.Output[str]
+    primary_private_ip: pulumi.Output[str]
+    standby_private_ip: pulumi.Output[str]
+
+    def __init__(self, name: str, args: PostgresArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("bulkhead:data:Postgres", name, None, opts)
+        self._args = args
+        partner = aws.Provider(f"{name}-partner", region=args.partner_region, opts=pulumi.ResourceOptions(parent=self))
+        archive, archive_versioning = self._secure_bucket(f"{args.bucket_prefix}-archive", None)
+        replica, replica_versioning = self._secure_bucket(f"{args.bucket_prefix}-archive-replica", partner)
+        self._replicate(name, archive, replica, depends_on=[archive_versioning, replica_versioning])
+        group = aws.ec2.SecurityGroup(
+            name,
+            vpc_id=args.vpc_id,
+            description="Bulkhead PostgreSQL: clients and replication only",
+            ingress=[
+                aws.ec2.SecurityGroupIngressArgs(
+                    protocol="tcp",
+                    from_port=POSTGRES_PORT,
+                    to_port=POSTGRES_PORT,
+                    security_groups=args.client_security_group_ids,
+                ),
+                aws.ec2.SecurityGroupIngressArgs(
+                    protocol="tcp", from_port=POSTGRES_PORT, to_port=POSTGRES_PORT, self=True
+                ),
+            ],
+            egress=[aws.ec2.SecurityGroupEgressArgs(protocol="-1", from_port=0, to_port=0, cidr_blocks=["0.0.0.0/0"])],
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        profile = instance_profile(f"{name}-db", self._database_policy(archive), self, args.tags)
+        primary = self._host(f"{name}-primary", "primary", args.primary_az, group, profile, archive)
+        standby = self._host(f"{name}-standby", "standby", args.standby_az, group, profile, archive)
+        self.archive_bucket = archive.bucket
+        self.replica_bucket = replica.bucket
+        self.primary_private_ip = primary.private_ip
+        self.standby_private_ip = standby.private_ip
+        self.register_outputs(
+            {
+                "archiveBucket": archive.bucket,
+                "replicaBucket": replica.bucket,
+                "primaryPrivateIp": primary.private_ip,
+                "standbyPrivateIp": standby.private_ip,
+            }
+        )
+
+    def _secure_bucket(
+        self, bucket_name: str, provider: aws.Provider | None
+    ) -> tuple[aws.s3.Bucket, aws.s3.BucketVersioning]:
+        """A private bucket: versioned, encrypted at rest, TLS-only, old versions expired."""
+        opts = pulumi.ResourceOptions(parent=self, provider=provider)
+        tags = self._args.tags
+        bucket = aws.s3.Bucket(bucket_name, bucket=bucket_name, force_destroy=False, tags=tags, opts=opts)
+        versioning = aws.s3.BucketVersioning(
+            bucket_name,
+            bucket=bucket.id,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+            opts=opts,
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            bucket_name,
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                    apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                        sse_algorithm="AES256"
+                    ),
+                )
+            ],
+            opts=opts,
+        )
+        block = aws.s3.BucketPublicAccessBlock(
+            bucket_name,
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=opts,
+        )
+        aws.s3.BucketPolicy(
+            bucket_name,
+            bucket=bucket.id,
+            policy=policy_document(
+                [
+                    {
+                        "Sid": "DenyInsecureTransport",
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "s3:*",
+                        "Resource": [bucket.arn, pulumi.Output.concat(bucket.arn, "/*")],
+                        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                    }
+                ]
+            ),
+            # S3 rejects a bucket policy while the public access block is being applied.
+            opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[block]),
+        )
+        aws.s3.BucketLifecycleConfiguration(
+            bucket_name,
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    id="expire-old-versions",
+                    status="Enabled",
+                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                    noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                        noncurrent_days=self._args.retention_days
+                    ),
+                    abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                        days_after_initiation=7
+                    ),
+                )
+            ],
+            # Lifecycle rules on noncurrent versions need versioning in place first.
+            opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[versioning]),
+        )
+        return bucket, versioning
+
+    def _replicate(
+        self, name: str, source: aws.s3.Bucket, destination: aws.s3.Bucket, depends_on: list[pulumi.Resource]
+    ) -> None:
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(
+            f"{name}-replication",
+            assume_role_policy=policy_document(
+                [{"Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"}, "Action": "sts:AssumeRole"}]
+            ),
+            tags=self._args.tags,
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-replication",
+            role=role.id,
+            policy=policy_document(
+                [
+                    {"Effect": "Allow", "Action": ["s3:GetReplicationConfiguration", "s3:ListBucket"],
+                     "Resource": [source.arn]},
+                    {"Effect": "Allow",
+                     "Action": ["s3:GetObjectVersionForReplication", "s3:GetObjectVersionAcl",
+                                "s3:GetObjectVersionTagging"],
+                     "Resource": [pulumi.Output.concat(source.arn, "/*")]},
+                    {"Effect": "Allow", "Action": ["s3:ReplicateObject", "s3:ReplicateDelete", "s3:ReplicateTags"],
+                     "Resource": [pulumi.Output.concat(destination.arn, "/*")]},
+                ]
+            ),
+            opts=child,
+        )  # fmt: skip
+        aws.s3.BucketReplicationConfig(
+            f"{name}-replication",
+            bucket=source.id,
+            role=role.arn,
+            rules=[
+                aws.s3.BucketReplicationConfigRuleArgs(
+                    id="partner-region",
+                    status="Enabled",
+                    filter=aws.s3.BucketReplicationConfigRuleFilterArgs(prefix=""),
+                    delete_marker_replication=aws.s3.BucketReplicationConfigRuleDeleteMarkerReplicationArgs(
+                        status="Disabled"
+                    ),
+                    destination=aws.s3.BucketReplicationConfigRuleDestinationArgs(
+                        bucket=destination.arn, storage_class="STANDARD_IA"
+                    ),
+                )
+            ],
+            # Replication can only be configured once both buckets are versioned.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+        )
+
+    def _database_policy(self, archive: aws.s3.Bucket) -> pulumi.Output[str]:
+        server = self._args.server
+        return agent_policy(
+            self._args.region,
+            "Bulkhead/Postgres",
+            [
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"],
+                    "Resource": [pulumi.Output.concat(archive.arn, f"/{server}/*")],
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": "s3:ListBucket",
+                    "Resource": [archive.arn],
+                    "Condition": {"StringLike": {"s3:prefix": [server, f"{server}/*"]}},
+                },
+            ],
+        )
+
+    def _host(
+        self,
+        name: str,
+        replication_role: str,
+        az: str,
+        group: aws.ec2.SecurityGroup,
+        profile: aws.iam.InstanceProfile,
+        archive: aws.s3.Bucket,
+    ) -> aws.ec2.Instance:
+        args = self._args
+        facts = {
+            "bulkhead_region": args.region,
+            "postgres_replication_role": replication_role,
+            "postgres_server_name": args.server,
+            "postgres_archive_bucket": f"{args.bucket_prefix}-archive",
+        }
+        return aws.ec2.Instance(
+            name,
+            ami=args.image_id,
+            instance_type=args.instance_type,
+            subnet_id=args.private_subnet_ids[az],
+            availability_zone=az,
+            vpc_security_group_ids=[group.id],
+            iam_instance_profile=profile.name,
+            user_data=bootstrap.user_data("postgres", facts, args.ansible_repo),
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required", http_endpoint="enabled"),
+            tags={**host_tags("postgres", args.region, az, postgres=replication_role), "Name": name},
+            # The instance reads the bucket name from its facts; it must exist before the first archive.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[archive]),
+        )

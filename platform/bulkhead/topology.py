@@ -1,0 +1,321 @@
+"""The platform's topology: what one region stack or the global stack lays out, validated from config.
+
+Everything here is pure: `infra/__main__.py` reads the raw config values and hands them to
+`region_spec` or `global_spec`, which either return a frozen spec the components are built from or
+raise `ConfigError` with one line that names the key and the fix. Nothing is created before that.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Regions whose AZ names follow the `<region><letter>` rule; a typo here must fail before any resource.
+KNOWN_REGIONS = frozenset(
+    {
+        "us-east-1", "us-east-2", "us-west-1", "us-west-2",
+        "ca-central-1", "sa-east-1",
+        "eu-west-1", "eu-west-2", "eu-west-3", "eu-central-1", "eu-central-2", "eu-north-1", "eu-south-1",
+        "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-southeast-1", "ap-southeast-2",
+        "ap-south-1", "ap-east-1", "me-south-1", "af-south-1",
+    }
+)  # fmt: skip
+GLOBAL_STACK = "global"
+MIN_AZS = 3
+
+
+class ConfigError(ValueError):
+    """A stack's config cannot be deployed; the message is one line naming the key and the fix."""
+
+
+def _fail(stack: str, key: str, problem: str, fix: str) -> ConfigError:
+    return ConfigError(f"stack {stack}: {key} {problem}; {fix}")
+
+
+@dataclass(frozen=True)
+class Subnets:
+    """The CIDRs of one AZ: a public subnet (load balancer, NAT) and a private one (every host)."""
+
+    az: str
+    public_cidr: str
+    private_cidr: str
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """One region stack, validated."""
+
+    stack: str
+    region: str
+    partner_region: str
+    availability_zones: tuple[str, ...]
+    vpc_cidr: str
+    cells: int
+    routers_per_az: int
+    router_warm_pool: int
+    dyno_hosts_per_cell_az: int
+    max_connections_per_backend: int
+    router_instance_type: str
+    dyno_instance_type: str
+    postgres_instance_type: str
+    image_owner: str
+    image_name_pattern: str
+    ansible_repo: str
+    alert_email: str | None
+    archive_retention_days: int
+
+    def subnets(self) -> list[Subnets]:
+        """Split the VPC into sixteen equal blocks: public subnets take the first, private the ninth on."""
+        network = ipaddress.ip_network(self.vpc_cidr)
+        blocks = list(network.subnets(prefixlen_diff=4))
+        return [
+            Subnets(az=az, public_cidr=str(blocks[i]), private_cidr=str(blocks[8 + i]))
+            for i, az in enumerate(self.availability_zones)
+        ]
+
+    @property
+    def name(self) -> str:
+        """Prefix for every physical name in this stack (buckets, parameters, roles)."""
+        return f"bulkhead-{self.region}"
+
+    @property
+    def database_server(self) -> str:
+        """The barman server name, which is also the archive prefix the database role may write."""
+        return f"pg-{self.region}"
+
+
+@dataclass(frozen=True)
+class GlobalSpec:
+    """The global stack, validated."""
+
+    region: str
+    domain: str
+    primary_region: str
+    secondary_region: str
+    services: tuple[str, ...]
+    stack_organization: str
+    status_region: str
+    status_role_arn: str | None
+    status_domain: str
+
+    def region_stack_name(self, region: str) -> str:
+        """The fully qualified name of a region stack, as a StackReference wants it."""
+        return f"{self.stack_organization}/bulkhead/{region}"
+
+
+# --- parsing helpers: every raw value arrives as a string (or None), as `pulumi.Config.get` gives it ---
+
+
+def _required(stack: str, raw: Mapping[str, Any], key: str) -> str:
+    value = raw.get(key)
+    if value is None or str(value).strip() == "":
+        raise _fail(stack, key, "is missing", f"set it with `pulumi config set {key} VALUE -s {stack}`")
+    return str(value).strip()
+
+
+def _or(raw: Mapping[str, Any], key: str, default: Any) -> Any:
+    value = raw.get(key)
+    return default if value is None or value == "" else value
+
+
+def _int(stack: str, key: str, value: Any, minimum: int) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise _fail(stack, key, f"is {value!r}, not a whole number", f"set a number of at least {minimum}") from None
+    if number < minimum:
+        raise _fail(stack, key, f"is {number}, below the minimum of {minimum}", f"set it to {minimum} or more")
+    return number
+
+
+def _list(stack: str, key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise _fail(stack, key, "is not a list", 'give a YAML list, e.g. ["a", "b", "c"]') from None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _fail(stack, key, "is not a list of strings", 'give a YAML list, e.g. ["a", "b", "c"]')
+    return value
+
+
+def _region(stack: str, key: str, value: str) -> str:
+    if value not in KNOWN_REGIONS:
+        raise _fail(stack, key, f"is {value!r}, not a known AWS region", "use a region code such as us-east-1")
+    return value
+
+
+def region_spec(stack: str, raw: Mapping[str, Any], peer_cidrs: Mapping[str, str] | None = None) -> RegionSpec:
+    """Validate a region stack's raw config; `peer_cidrs` maps every other region stack to its VPC CIDR."""
+    region = _region(stack, "aws:region", _required(stack, raw, "aws:region"))
+    if region != stack:
+        raise _fail(stack, "aws:region", f"is {region} but the stack is named {stack}", f"set it to {stack}")
+    partner = _region(stack, "bulkhead:partnerRegion", _required(stack, raw, "bulkhead:partnerRegion"))
+    if partner == region:
+        raise _fail(
+            stack,
+            "bulkhead:partnerRegion",
+            f"is {partner}, the stack's own region",
+            "name another region to hold the backup copy and take failover, e.g. us-west-2",
+        )
+    zones = _list(stack, "bulkhead:availabilityZones", _required(stack, raw, "bulkhead:availabilityZones"))
+    if len(set(zones)) < MIN_AZS:
+        raise _fail(
+            stack,
+            "bulkhead:availabilityZones",
+            f"lists {len(set(zones))} distinct AZs",
+            f"list at least {MIN_AZS}, e.g. {region}a, {region}b, {region}c",
+        )
+    if len(set(zones)) != len(zones):
+        raise _fail(stack, "bulkhead:availabilityZones", "lists an AZ twice", "list each AZ once")
+    for zone in zones:
+        if not (zone.startswith(region) and len(zone) == len(region) + 1 and zone[-1].isalpha()):
+            raise _fail(stack, "bulkhead:availabilityZones", f"has {zone!r}, not an AZ of {region}", f"use {region}a")
+    cidr = _vpc_cidr(stack, _required(stack, raw, "bulkhead:vpcCidr"), peer_cidrs or {})
+    return RegionSpec(
+        stack=stack,
+        region=region,
+        partner_region=partner,
+        availability_zones=tuple(zones),
+        vpc_cidr=cidr,
+        cells=_int(stack, "bulkhead:cells", _required(stack, raw, "bulkhead:cells"), minimum=1),
+        routers_per_az=_int(stack, "bulkhead:routersPerAz", _or(raw, "bulkhead:routersPerAz", 2), minimum=1),
+        router_warm_pool=_int(stack, "bulkhead:routerWarmPool", _or(raw, "bulkhead:routerWarmPool", 2), minimum=0),
+        dyno_hosts_per_cell_az=_int(
+            stack, "bulkhead:dynoHostsPerCellAz", _or(raw, "bulkhead:dynoHostsPerCellAz", 1), minimum=1
+        ),
+        max_connections_per_backend=_int(
+            stack, "bulkhead:maxConnectionsPerBackend", _or(raw, "bulkhead:maxConnectionsPerBackend", 64), minimum=1
+        ),
+        router_instance_type=str(raw.get("bulkhead:routerInstanceType") or "c6i.large"),
+        dyno_instance_type=str(raw.get("bulkhead:dynoInstanceType") or "m6id.large"),
+        postgres_instance_type=str(raw.get("bulkhead:postgresInstanceType") or "m6id.xlarge"),
+        image_owner=str(raw.get("bulkhead:imageOwner") or "136693071363"),
+        image_name_pattern=str(raw.get("bulkhead:imageNamePattern") or "debian-12-amd64-*"),
+        ansible_repo=str(raw.get("bulkhead:ansibleRepo") or "https://github.com/bulkhead-platform/bulkhead.git"),
+        alert_email=(str(raw["bulkhead:alertEmail"]) if raw.get("bulkhead:alertEmail") else None),
+        archive_retention_days=_int(
+            stack, "bulkhead:archiveRetentionDays", _or(raw, "bulkhead:archiveRetentionDays", 35), minimum=7
+        ),
+    )
+
+
+def _vpc_cidr(stack: str, value: str, peer_cidrs: Mapping[str, str]) -> str:
+    key = "bulkhead:vpcCidr"
+    try:
+        network = ipaddress.ip_network(value)
+    except ValueError:
+        raise _fail(stack, key, f"is {value!r}, not a network", "use a block such as 10.10.0.0/16") from None
+    if network.version != 4 or not 16 <= network.prefixlen <= 20:
+        raise _fail(stack, key, f"is {value}", "use an IPv4 block between /16 and /20, e.g. 10.10.0.0/16")
+    for peer, peer_value in sorted(peer_cidrs.items()):
+        try:
+            peer_network = ipaddress.ip_network(peer_value)
+        except ValueError:
+            continue  # the peer's own validation reports it
+        if network.overlaps(peer_network):
+            raise _fail(
+                stack,
+                key,
+                f"{value} overlaps {peer_value} of stack {peer}",
+                "give each region stack its own block so the regions can be peered, e.g. 10.20.0.0/16",
+            )
+    return str(network)
+
+
+def global_spec(raw: Mapping[str, Any], region_stacks: Mapping[str, str]) -> GlobalSpec:
+    """Validate the global stack; `region_stacks` maps each region stack to its partner region."""
+    stack = GLOBAL_STACK
+    region = _region(stack, "aws:region", _required(stack, raw, "aws:region"))
+    primary = _region(stack, "bulkhead:primaryRegion", _required(stack, raw, "bulkhead:primaryRegion"))
+    secondary = _region(stack, "bulkhead:secondaryRegion", _required(stack, raw, "bulkhead:secondaryRegion"))
+    for key, value in (("bulkhead:primaryRegion", primary), ("bulkhead:secondaryRegion", secondary)):
+        if value not in region_stacks:
+            have = ", ".join(sorted(region_stacks)) or "none"
+            raise _fail(stack, key, f"is {value}, which has no region stack", f"use one of: {have}")
+    if primary == secondary:
+        raise _fail(stack, "bulkhead:secondaryRegion", f"equals the primary {primary}", "name the partner region")
+    if region_stacks[primary] != secondary:
+        raise _fail(
+            stack,
+            "bulkhead:secondaryRegion",
+            f"is {secondary} but {primary}'s partner (where its backups go) is {region_stacks[primary]}",
+            f"set it to {region_stacks[primary]}",
+        )
+    services = _list(stack, "bulkhead:services", _required(stack, raw, "bulkhead:services"))
+    if not services:
+        raise _fail(stack, "bulkhead:services", "is empty", 'list the DNS names to fail over, e.g. ["apps", "api"]')
+    status_region = _region(stack, "bulkhead:statusRegion", _required(stack, raw, "bulkhead:statusRegion"))
+    if status_region in (primary, secondary):
+        raise _fail(
+            stack,
+            "bulkhead:statusRegion",
+            f"is {status_region}, a platform region",
+            "host the status site in a region the platform does not run in, e.g. ca-central-1",
+        )
+    domain = _required(stack, raw, "bulkhead:domain").rstrip(".")
+    return GlobalSpec(
+        region=region,
+        domain=domain,
+        primary_region=primary,
+        secondary_region=secondary,
+        services=tuple(services),
+        stack_organization=str(raw.get("bulkhead:stackOrganization") or "organization"),
+        status_region=status_region,
+        status_role_arn=(str(raw["bulkhead:statusRoleArn"]) if raw.get("bulkhead:statusRoleArn") else None),
+        status_domain=str(raw.get("bulkhead:statusDomain") or f"status.{domain}"),
+    )
+
+
+# --- the stack files themselves, for the checks that span stacks ---
+
+
+def stack_names(project_dir: Path) -> list[str]:
+    """Every stack that has a `Pulumi.<stack>.yaml`, region stacks first, then the global stack."""
+    names = sorted(path.name[len("Pulumi.") : -len(".yaml")] for path in project_dir.glob("Pulumi.*.yaml"))
+    return [name for name in names if name != GLOBAL_STACK] + [name for name in names if name == GLOBAL_STACK]
+
+
+def read_stack_config(project_dir: Path, stack: str) -> dict[str, Any]:
+    """The `config:` map of `Pulumi.<stack>.yaml`, values as written (strings, numbers or lists)."""
+    path = project_dir / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"stack {stack}: {path.name} does not exist; create it or pick one of {stack_names(project_dir)}"
+        )
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        line = getattr(getattr(error, "problem_mark", None), "line", -1) + 1
+        raise ConfigError(f"stack {stack}: {path.name} is not valid YAML (line {line}); fix the file") from None
+    config = document.get("config") or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"stack {stack}: {path.name} has no config map; put the keys under `config:`")
+    return config
+
+
+def peer_vpc_cidrs(project_dir: Path, stack: str) -> dict[str, str]:
+    """The VPC CIDR of every other region stack, for the overlap check."""
+    peers = {}
+    for name in stack_names(project_dir):
+        if name in (stack, GLOBAL_STACK):
+            continue
+        cidr = read_stack_config(project_dir, name).get("bulkhead:vpcCidr")
+        if cidr:
+            peers[name] = str(cidr)
+    return peers
+
+
+def partner_regions(project_dir: Path) -> dict[str, str]:
+    """Each region stack mapped to the partner region its config names."""
+    partners = {}
+    for name in stack_names(project_dir):
+        if name != GLOBAL_STACK:
+            partners[name] = str(read_stack_config(project_dir, name).get("bulkhead:partnerRegion", ""))
+    return partners
