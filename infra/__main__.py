@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
+
 from bulkhead import status_page, topology
 from components.alerting import Alerting, AlertingArgs
 from components.control_rods import ControlRods, ControlRodsArgs

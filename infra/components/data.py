@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
+
 from bulkhead import bootstrap
 
 from .host_helpers import agent_policy, host_tags, instance_profile, policy_document

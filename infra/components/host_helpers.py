@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import pulumi
 import pulumi_aws as aws
+
 from bulkhead.rods import RODS, parameter_name
 
 EC2_ASSUME_ROLE = json.dumps(

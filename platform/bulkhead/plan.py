@@ -67,19 +67,24 @@ def evaluate_all(
 ) -> dict[str, StackRun]:
     """Evaluate stacks in order (regions, then global), each region's outputs feeding the global stack."""
     names = list(stacks) if stacks is not None else topology.stack_names(project_dir)
+    order = topology.stack_names(project_dir)
+    if topology.GLOBAL_STACK in names:
+        # The global stack reads region stacks' outputs, as `pulumi up` would find them deployed.
+        names = [s for s in order if s != topology.GLOBAL_STACK] + [topology.GLOBAL_STACK]
     runs: dict[str, StackRun] = {}
 
     def reference(name: str) -> Mapping[str, Any]:
         stack = stack_runner.reference_stack_name(name)
         if stack not in runs:
-            raise stack_runner.StackError(f"stack reference {name}: stack {stack} was not evaluated first")
+            raise stack_runner.StackError(f"stack reference {name}: stack {stack} has no outputs")
         return runs[stack].outputs
 
     for stack in names:
         config = (configs or {}).get(stack) or topology.read_stack_config(project_dir, stack)
         mocks = PlanMocks(str(config.get("aws:region", stack)))
         runs[stack] = stack_runner.evaluate_stack(stack, mocks, reference, project_dir, config=config)
-    return runs
+    wanted = set(stacks) if stacks is not None else set(runs)
+    return {stack: run for stack, run in runs.items() if stack in wanted}
 
 
 def summarize(run: StackRun) -> Counter[str]:

@@ -99,7 +99,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                     parent=request.parent,
                     provider=request.provider,
                     custom=bool(request.custom),
-                    inputs=rpc.deserialize_properties(request.object),
+                    inputs=_reveal(rpc.deserialize_properties(request.object)),
                     id=registration.id or "",
                     state=dict(registration.state),
                 )
@@ -115,6 +115,17 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         urn = self.make_urn(request.parent, request.type, request.name)
         self.resources[urn] = pulumi_mocks.MockMonitor.ResourceRegistration(urn, name, state)
         return resource_pb2.ReadResourceResponse(urn=urn, properties=_sync_await(rpc.serialize_properties(state, {})))
+
+
+def _reveal(value: Any) -> Any:
+    """Inputs with Pulumi's secret wrappers removed: the policy tests and the local cloud need the values."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return _reveal(value.get("value"))
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    return value
 
 
 def config_strings(config: Mapping[str, Any]) -> dict[str, str]:

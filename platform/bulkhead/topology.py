@@ -286,9 +286,8 @@ def read_stack_config(project_dir: Path, stack: str) -> dict[str, Any]:
     """The `config:` map of `Pulumi.<stack>.yaml`, values as written (strings, numbers or lists)."""
     path = project_dir / f"Pulumi.{stack}.yaml"
     if not path.is_file():
-        raise ConfigError(
-            f"stack {stack}: {path.name} does not exist; create it or pick one of {stack_names(project_dir)}"
-        )
+        have = ", ".join(stack_names(project_dir)) or "none"
+        raise ConfigError(f"stack {stack}: {path.name} does not exist; create it or pick one of: {have}")
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

@@ -1,0 +1,114 @@
+"""Each bad config stops the program with one line naming the key and the fix, before any resource."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bulkhead import topology
+from bulkhead.plan import PlanMocks
+from bulkhead.stack_runner import PROJECT_DIR, StackError, evaluate_stack
+
+pytestmark = pytest.mark.unit
+
+
+class CountingMocks(PlanMocks):
+    """Counts what the program declares or looks up; a config error must leave the count at zero."""
+
+    def __init__(self) -> None:
+        super().__init__("us-east-1")
+        self.declared: list[str] = []
+
+    def new_resource(self, args):
+        self.declared.append(args.typ)
+        return super().new_resource(args)
+
+    def call(self, args):
+        self.declared.append(args.token)
+        return super().call(args)
+
+
+def _no_references(name: str) -> dict:
+    raise AssertionError(f"a bad config must fail before reading {name}")
+
+
+def _evaluate_with(stack: str, **changes: Any) -> tuple[str, CountingMocks]:
+    config = topology.read_stack_config(PROJECT_DIR, stack)
+    for key, value in changes.items():
+        key = key.replace("__", ":")
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    mocks = CountingMocks()
+    with pytest.raises(StackError) as failure:
+        evaluate_stack(stack, mocks, _no_references, config=config)
+    return str(failure.value), mocks
+
+
+@pytest.mark.parametrize(
+    ("stack", "changes", "expected"),
+    [
+        pytest.param(
+            "us-east-1", {"bulkhead__vpcCidr": "10.20.128.0/17"},
+            "bulkhead:vpcCidr 10.20.128.0/17 overlaps 10.20.0.0/16 of stack us-west-2", id="overlapping-cidrs",
+        ),
+        pytest.param(
+            "us-east-1", {"aws__region": "us-east-9"}, "aws:region is 'us-east-9', not a known AWS region",
+            id="unknown-region",
+        ),
+        pytest.param(
+            "us-east-1", {"bulkhead__partnerRegion": "us-mars-1"},
+            "bulkhead:partnerRegion is 'us-mars-1', not a known AWS region", id="unknown-partner-region",
+        ),
+        pytest.param(
+            "us-east-1", {"bulkhead__partnerRegion": "us-east-1"},
+            "bulkhead:partnerRegion is us-east-1, the stack's own region", id="partner-is-own-region",
+        ),
+        pytest.param(
+            "us-west-2", {"bulkhead__availabilityZones": ["us-west-2a", "us-west-2b"]},
+            "bulkhead:availabilityZones lists 2 distinct AZs; list at least 3", id="fewer-than-three-azs",
+        ),
+        pytest.param(
+            "us-west-2", {"bulkhead__availabilityZones": ["us-west-2a", "us-west-2b", "us-east-1c"]},
+            "bulkhead:availabilityZones has 'us-east-1c', not an AZ of us-west-2", id="az-of-another-region",
+        ),
+        pytest.param(
+            "eu-west-1", {"bulkhead__vpcCidr": None},
+            "bulkhead:vpcCidr is missing; set it with `pulumi config set bulkhead:vpcCidr VALUE -s eu-west-1`",
+            id="missing-key",
+        ),
+        pytest.param(
+            "eu-west-1", {"bulkhead__cells": 0}, "bulkhead:cells is 0, below the minimum of 1", id="zero-cells",
+        ),
+        pytest.param(
+            "eu-west-1", {"bulkhead__cells": "many"}, "bulkhead:cells is 'many', not a whole number",
+            id="cells-not-a-number",
+        ),
+        pytest.param(
+            "global", {"bulkhead__secondaryRegion": "eu-west-1"},
+            "bulkhead:secondaryRegion is eu-west-1 but us-east-1's partner (where its backups go) is us-west-2",
+            id="global-secondary-not-partner",
+        ),
+        pytest.param(
+            "global", {"bulkhead__statusRegion": "us-east-1"}, "bulkhead:statusRegion is us-east-1, a platform region",
+            id="status-site-on-the-platform",
+        ),
+        pytest.param("global", {"bulkhead__domain": None}, "bulkhead:domain is missing", id="global-missing-key"),
+    ],
+)  # fmt: skip
+def test_config__bad_value_fails_in_one_line_before_any_resource(stack, changes, expected):
+    message, mocks = _evaluate_with(stack, **changes)
+    assert message.startswith(f"stack {stack}: ")
+    assert expected in message
+    assert "\n" not in message
+    assert mocks.declared == []
+
+
+def test_config__a_good_stack_declares_resources():
+    """The counter above can see resources: the same harness on an unchanged stack counts many."""
+    mocks = CountingMocks()
+    config = topology.read_stack_config(PROJECT_DIR, "eu-west-1")
+    evaluate_stack("eu-west-1", mocks, _no_references, config=config)
+    assert len(mocks.declared) > 50

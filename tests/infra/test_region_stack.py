@@ -1,0 +1,216 @@
+"""Policy tests for every region stack, run on the real program under Pulumi mocks (no network)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from bulkhead import topology
+from bulkhead.rods import RODS, parameter_name
+from bulkhead.stack_runner import PROJECT_DIR, DeclaredResource, StackRun
+
+pytestmark = pytest.mark.unit
+
+REGION_STACKS = [name for name in topology.stack_names(PROJECT_DIR) if name != topology.GLOBAL_STACK]
+
+COMPONENT_TYPES = {
+    "bulkhead:network:RegionNetwork",
+    "bulkhead:routing:RoutingMesh",
+    "bulkhead:runtime:DynoCell",
+    "bulkhead:data:Postgres",
+    "bulkhead:ops:ControlRods",
+    "bulkhead:ops:Alerting",
+}
+
+
+@pytest.fixture(params=REGION_STACKS)
+def region(request, planned) -> tuple[topology.RegionSpec, StackRun]:
+    stack = request.param
+    spec = topology.region_spec(
+        stack,
+        {k: _as_raw(v) for k, v in topology.read_stack_config(PROJECT_DIR, stack).items()},
+        topology.peer_vpc_cidrs(PROJECT_DIR, stack),
+    )
+    return spec, planned[stack]
+
+
+def _as_raw(value):
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _subnet_azs(run: StackRun) -> dict[str, str]:
+    return {s.id: s.inputs["availabilityZone"] for s in run.of_type("aws:ec2/subnet:Subnet")}
+
+
+def _tags(group: DeclaredResource) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in group.inputs.get("tags", [])}
+
+
+def _groups(run: StackRun, role: str) -> list[DeclaredResource]:
+    return [g for g in run.of_type("aws:autoscaling/group:Group") if _tags(g).get("bulkhead:role") == role]
+
+
+def _statements(policy: str) -> list[dict]:
+    return json.loads(policy)["Statement"]
+
+
+def test_region_stack__every_component_type_is_declared_and_owns_its_children(region):
+    _, run = region
+    components = {r.urn: r for r in run.resources if not r.custom}
+    assert {c.type for c in components.values()} == COMPONENT_TYPES
+    orphans = [r.urn for r in run.resources if r.custom and r.parent not in components]
+    assert orphans == [], "every resource must be a child of a component"
+
+
+def test_region_stack__public_and_private_subnets_in_three_azs(region):
+    spec, run = region
+    subnets = run.of_type("aws:ec2/subnet:Subnet")
+    for tier in ("public", "private"):
+        azs = {s.inputs["availabilityZone"] for s in subnets if s.inputs["tags"]["bulkhead:tier"] == tier}
+        assert azs == set(spec.availability_zones)
+        assert len(azs) == 3
+
+
+def test_region_stack__a_router_group_per_az_behind_a_balancer_spanning_all_three(region):
+    spec, run = region
+    azs_of = _subnet_azs(run)
+    routers = _groups(run, "router")
+    assert sorted(azs_of[g.inputs["vpcZoneIdentifiers"][0]] for g in routers) == sorted(spec.availability_zones)
+    assert all(len(g.inputs["vpcZoneIdentifiers"]) == 1 for g in routers), "a router group must stay in its AZ"
+    assert all(g.inputs["warmPool"]["minSize"] == spec.router_warm_pool for g in routers)
+    (balancer,) = run.of_type("aws:lb/loadBalancer:LoadBalancer")
+    assert {azs_of[s] for s in balancer.inputs["subnets"]} == set(spec.availability_zones)
+    listeners = run.of_type("aws:lb/listener:Listener")
+    assert {listener.inputs["port"] for listener in listeners} == {80, 443}
+    assert all(listener.inputs["loadBalancerArn"] == balancer.state["arn"] for listener in listeners)
+    forwarded = {listener.inputs["defaultActions"][0]["targetGroupArn"] for listener in listeners}
+    for group in routers:
+        assert set(group.inputs["targetGroupArns"]) == forwarded
+
+
+def test_region_stack__every_dyno_cell_has_hosts_in_every_az(region):
+    spec, run = region
+    azs_of = _subnet_azs(run)
+    cells = run.of_type("bulkhead:runtime:DynoCell")
+    assert len(cells) == spec.cells
+    for cell in cells:
+        groups = [r for r in run.children_of(cell) if r.type == "aws:autoscaling/group:Group"]
+        assert sorted(azs_of[g.inputs["vpcZoneIdentifiers"][0]] for g in groups) == sorted(spec.availability_zones)
+        assert all(g.inputs["desiredCapacity"] == spec.dyno_hosts_per_cell_az for g in groups)
+
+
+def test_region_stack__postgres_primary_and_standby_in_different_azs(region):
+    _, run = region
+    hosts = {i.inputs["tags"]["bulkhead:postgres"]: i for i in run.of_type("aws:ec2/instance:Instance")}
+    assert set(hosts) == {"primary", "standby"}
+    assert hosts["primary"].inputs["availabilityZone"] != hosts["standby"].inputs["availabilityZone"]
+    for host in hosts.values():
+        assert _subnet_azs(run)[host.inputs["subnetId"]] == host.inputs["availabilityZone"]
+
+
+def _bucket_config(run: StackRun, type_token: str, bucket: DeclaredResource) -> DeclaredResource:
+    (config,) = [r for r in run.of_type(type_token) if r.inputs["bucket"] == bucket.id]
+    return config
+
+
+@pytest.mark.parametrize("suffix", ["archive", "archive-replica"])
+def test_region_stack__archive_buckets_are_versioned_encrypted_private_tls_only_and_expire(region, suffix):
+    spec, run = region
+    (bucket,) = [b for b in run.of_type("aws:s3/bucket:Bucket") if b.inputs["bucket"] == f"{spec.name}-{suffix}"]
+    versioning = _bucket_config(run, "aws:s3/bucketVersioning:BucketVersioning", bucket)
+    assert versioning.inputs["versioningConfiguration"]["status"] == "Enabled"
+    encryption = _bucket_config(
+        run, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration", bucket
+    )
+    assert encryption.inputs["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] in {"AES256", "aws:kms"}
+    block = _bucket_config(run, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", bucket)
+    assert all(
+        block.inputs[k] for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    )
+    policy = _bucket_config(run, "aws:s3/bucketPolicy:BucketPolicy", bucket)
+    (deny,) = _statements(policy.inputs["policy"])
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    lifecycle = _bucket_config(run, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", bucket)
+    assert lifecycle.inputs["rules"][0]["noncurrentVersionExpiration"]["noncurrentDays"] == spec.archive_retention_days
+
+
+def test_region_stack__archive_replicates_to_a_bucket_in_the_partner_region(region):
+    spec, run = region
+    buckets = {b.inputs["bucket"]: b for b in run.of_type("aws:s3/bucket:Bucket")}
+    archive, replica = buckets[f"{spec.name}-archive"], buckets[f"{spec.name}-archive-replica"]
+    (replication,) = run.of_type("aws:s3/bucketReplicationConfig:BucketReplicationConfig")
+    assert replication.inputs["bucket"] == archive.id
+    (rule,) = replication.inputs["rules"]
+    assert rule["status"] == "Enabled" and rule["destination"]["bucket"] == replica.state["arn"]
+    providers = {p.urn: p for p in run.of_type("pulumi:providers:aws")}
+    assert providers[replica.provider.rsplit("::", 1)[0]].inputs["region"] == spec.partner_region
+    assert archive.provider.rsplit("::", 1)[0] not in providers, "the archive stays in the stack's own region"
+
+
+def test_region_stack__database_role_writes_only_its_own_prefix(region):
+    spec, run = region
+    archive_arn = f"arn:aws:s3:::{spec.name}-archive"
+    (db_policy,) = [p for p in run.of_type("aws:iam/rolePolicy:RolePolicy") if "s3:PutObject" in p.inputs["policy"]]
+    writes = [s for s in _statements(db_policy.inputs["policy"]) if "s3:PutObject" in s["Action"]]
+    assert writes, "the database must be able to archive"
+    for statement in writes:
+        assert statement["Resource"] == [f"{archive_arn}/{spec.database_server}/*"]
+    (listing,) = [s for s in _statements(db_policy.inputs["policy"]) if s["Action"] == "s3:ListBucket"]
+    assert listing["Condition"]["StringLike"]["s3:prefix"] == [spec.database_server, f"{spec.database_server}/*"]
+    others = [p for p in run.of_type("aws:iam/rolePolicy:RolePolicy") if p is not db_policy]
+    assert not any(archive_arn in p.inputs["policy"] and "PutObject" in p.inputs["policy"] for p in others)
+
+
+def test_region_stack__only_the_balancer_admits_the_internet_and_only_on_80_and_443(region):
+    _, run = region
+    open_rules = []
+    for group in run.of_type("aws:ec2/securityGroup:SecurityGroup"):
+        for rule in group.inputs.get("ingress", []):
+            if "0.0.0.0/0" in rule.get("cidrBlocks", []):
+                open_rules.append((group.name, rule["fromPort"], rule["toPort"]))
+    assert open_rules
+    (balancer,) = run.of_type("aws:lb/loadBalancer:LoadBalancer")
+    edge_names = {
+        g.name for g in run.of_type("aws:ec2/securityGroup:SecurityGroup") if g.id in balancer.inputs["securityGroups"]
+    }
+    assert {name for name, _, _ in open_rules} == edge_names
+    assert sorted((low, high) for _, low, high in open_rules) == [(80, 80), (443, 443)]
+
+
+def test_region_stack__every_control_rod_is_a_parameter_at_its_normal_value(region):
+    spec, run = region
+    parameters = {p.inputs["name"]: p.inputs["value"] for p in run.of_type("aws:ssm/parameter:Parameter")}
+    assert parameters == {parameter_name(spec.region, rod): rod.default for rod in RODS}
+
+
+def test_region_stack__every_alarm_notifies_the_topic(region):
+    _, run = region
+    (topic,) = run.of_type("aws:sns/topic:Topic")
+    alarms = run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+    assert {a.inputs["metricName"] for a in alarms} == {"Http5xx", "DynoBootSeconds", "WalArchiveLagSeconds"}
+    for alarm in alarms:
+        assert alarm.inputs["alarmActions"] == [topic.state["arn"]]
+
+
+def test_region_stack__hosts_are_tagged_for_the_inventory_and_bootstrap_ansible(region):
+    spec, run = region
+    for group in run.of_type("aws:autoscaling/group:Group"):
+        tags = _tags(group)
+        assert tags["bulkhead:region"] == spec.region and tags["bulkhead:az"] in spec.availability_zones
+        assert all(t["propagateAtLaunch"] for t in group.inputs["tags"])
+    for instance in run.of_type("aws:ec2/instance:Instance"):
+        assert instance.inputs["tags"]["bulkhead:role"] == "postgres"
+        assert instance.inputs["tags"]["bulkhead:az"] == instance.inputs["availabilityZone"]
+        assert "ansible-pull" in instance.inputs["userData"] and "roles/postgres.yml" in instance.inputs["userData"]
+    for template in run.of_type("aws:ec2/launchTemplate:LaunchTemplate"):
+        assert template.inputs["metadataOptions"]["httpTokens"] == "required"
+        assert template.inputs["tagSpecifications"][0]["tags"]["bulkhead:role"] in {"router", "dyno_host"}
+
+
+def test_region_stack__routers_bound_connections_per_backend(region):
+    spec, run = region
+    (template,) = [t for t in run.of_type("aws:ec2/launchTemplate:LaunchTemplate") if "router" in t.name]
+    script = base64.b64decode(template.inputs["userData"]).decode()
+    assert f'"router_max_connections_per_backend": {spec.max_connections_per_backend}' in script
