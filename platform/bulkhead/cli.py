@@ -6,12 +6,14 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
 
 from bulkhead import logs, plan, topology
+from bulkhead.localcloud import commands as local_commands
+from bulkhead.localcloud.aws import LocalCloudError
 from bulkhead.stack_runner import PROJECT_DIR, StackError
 
 log = logging.getLogger("bulkhead")
@@ -69,17 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--stacks", help="comma-separated stacks (default: every Pulumi.<stack>.yaml)")
     plan_parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     plan_parser.set_defaults(handler=cmd_plan)
-    _add_extensions(commands)
+    local_commands.register(commands)
     return parser
-
-
-def _add_extensions(commands: argparse._SubParsersAction) -> None:
-    """Command groups that live in their own modules register here."""
-    for register in _EXTENSIONS:
-        register(commands)
-
-
-_EXTENSIONS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(json_lines=args.log_json, verbose=args.verbose)
     try:
         return args.handler(args)
-    except (CommandError, topology.ConfigError, StackError) as error:
+    except (CommandError, topology.ConfigError, StackError, LocalCloudError) as error:
         log.debug("command failed", exc_info=True)
         print(f"bulkhead: error: {error}", file=sys.stderr)
         return 1

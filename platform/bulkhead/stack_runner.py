@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import json
 import runpy
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -77,6 +78,12 @@ class StackRun:
 
 
 ReferenceResolver = Callable[[str], Mapping[str, Any]]
+_registering = threading.local()
+
+
+def current_urn() -> str:
+    """The URN being registered on this thread: Pulumi's mocks are told the name, not the URN."""
+    return _registering.urn
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -88,6 +95,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         self._references = references
 
     def RegisterResource(self, request):
+        _registering.urn = self.make_urn(request.parent, request.type, request.name)
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             registration = self.resources[response.urn]

@@ -1,0 +1,124 @@
+"""`bulkhead local up|status|down|env`: the local cloud's operations, apart from their command line."""
+
+from __future__ import annotations
+
+import logging
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bulkhead import plan, stack_runner
+from bulkhead.localcloud import server
+from bulkhead.localcloud.aws import DUMMY_CREDENTIALS, LocalAws, LocalCloudError
+from bulkhead.localcloud.engine import StackReport, deploy_stack
+from bulkhead.localcloud.state import CorruptState, Store
+
+log = logging.getLogger("bulkhead.local")
+
+Progress = Callable[[str, str, str], None]  # (stack, urn, action)
+
+
+def planned_counts(stacks: list[str], project_dir: Path = stack_runner.PROJECT_DIR) -> dict[str, int]:
+    """Validate every asked stack with nothing created, and count what each declares."""
+    return {s: sum(plan.summarize(run).values()) for s, run in plan.evaluate_all(project_dir, stacks).items()}
+
+
+def ensure_server(store: Store, port: int | None) -> server.ServerInfo:
+    """The running server, or a new one. State left by a server that is gone describes nothing: drop it."""
+    info = server.running(store.directory)
+    if info is not None:
+        if port is not None and port != info.port:
+            raise LocalCloudError(
+                f"the local cloud already runs on port {info.port}; run `bulkhead local down` first to move it"
+            )
+        return info
+    if server.recorded(store.directory) is not None or store.stacks():
+        log.warning("the previous moto server is gone; every stack is rebuilt from scratch")
+        server.stop(store.directory)
+        store.forget_stacks()
+    return server.start(store.directory, port)
+
+
+def up(
+    stacks: list[str],
+    store: Store,
+    port: int | None = None,
+    on_resource: Progress | None = None,
+    on_plan: Callable[[dict[str, int]], None] | None = None,
+    project_dir: Path = stack_runner.PROJECT_DIR,
+) -> tuple[server.ServerInfo, list[StackReport]]:
+    """Deploy `stacks` (in deployment order) into the local cloud; returns what changed per stack.
+
+    Every stack is validated first, with nothing created: a bad config anywhere changes nothing.
+    """
+    counts = planned_counts(stacks, project_dir)
+    if on_plan:
+        on_plan(counts)
+    info = ensure_server(store, port)
+    aws = LocalAws(info.endpoint)
+
+    def references(name: str) -> Mapping[str, Any]:
+        stack = stack_runner.reference_stack_name(name)
+        outputs = store.outputs(stack)
+        if outputs is None:
+            raise LocalCloudError(
+                f"stack reference {name}: {stack} is not deployed locally; run `bulkhead local up --stacks {stack}`"
+            )
+        return outputs
+
+    reports = []
+    for stack in stacks:
+        notify = (lambda urn, action, s=stack: on_resource(s, urn, action)) if on_resource else None
+        try:
+            reports.append(deploy_stack(stack, aws, store, references, notify, project_dir))
+        except CorruptState as error:
+            # What the corrupt file described cannot be told apart in moto any more: start clean.
+            reset(info)
+            store.forget_stacks()
+            raise LocalCloudError(f"{error}; the local cloud was reset: run `bulkhead local up` to rebuild") from None
+    return info, reports
+
+
+def reset(info: server.ServerInfo) -> None:
+    """Empty the moto server of every resource."""
+    request = urllib.request.Request(f"{info.endpoint}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def status(store: Store) -> dict[str, Any]:
+    """The endpoint and, per deployed stack, its resource count and outputs."""
+    info = server.running(store.directory)
+    stacks = {}
+    for stack in store.stacks():
+        try:
+            resources = len(store.load(stack).resources)
+        except CorruptState as error:
+            raise LocalCloudError(f"{error}; run `bulkhead local up` to rebuild") from None
+        stacks[stack] = {"resources": resources, "outputs": store.outputs(stack) or {}}
+    return {"running": info is not None, "endpoint": info.endpoint if info else None, "stacks": stacks}
+
+
+def down(store: Store) -> None:
+    """Stop the server and forget every stack."""
+    stopped = server.stop(store.directory)
+    had_state = store.directory.exists() and any(store.directory.iterdir())
+    store.clear()
+    if not stopped and not had_state:
+        raise LocalCloudError("the local cloud is not running; nothing to stop (start it with `bulkhead local up`)")
+
+
+def env_lines(store: Store) -> list[str]:
+    """Shell lines that point boto3 and the aws CLI at the local cloud."""
+    info = server.running(store.directory)
+    if info is None:
+        raise LocalCloudError("the local cloud is not running; start it with `bulkhead local up`")
+    return [
+        f"export AWS_ENDPOINT_URL={info.endpoint}",
+        f"export AWS_ACCESS_KEY_ID={DUMMY_CREDENTIALS['aws_access_key_id']}",
+        f"export AWS_SECRET_ACCESS_KEY={DUMMY_CREDENTIALS['aws_secret_access_key']}",
+        "export AWS_DEFAULT_REGION=us-east-1",
+        # Newer boto3 checksums every request by default; S3 stores other than AWS may refuse that.
+        "export AWS_REQUEST_CHECKSUM_CALCULATION=when_required",
+    ]

@@ -1,0 +1,122 @@
+"""The `bulkhead local` command group."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bulkhead import topology
+from bulkhead.localcloud import cloud
+from bulkhead.localcloud.state import Store
+from bulkhead.stack_runner import PROJECT_DIR
+
+KEY_OUTPUTS = ("routerLbDnsName", "archiveBucket", "archiveReplicaBucket", "zoneId", "statusUrl")
+
+
+def _stacks(value: str | None) -> list[str]:
+    known = topology.stack_names(PROJECT_DIR)
+    if not value:
+        return known
+    wanted = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise cloud.LocalCloudError(f"unknown stack {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [s for s in known if s in wanted]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stacks = _stacks(args.stacks)
+    console = Console(stderr=True)
+    store = Store()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=args.log_json or (not console.is_terminal and not args.progress),
+    ) as progress:  # fmt: skip
+        task = progress.add_task("validating stacks", total=None)
+
+        def planned(counts: dict[str, int]) -> None:
+            progress.update(task, description="deploying", total=sum(counts.values()), completed=0)
+
+        def advanced(stack: str, urn: str, action: str) -> None:
+            if action != "deleted":
+                progress.update(task, description=f"stack {stack}", advance=1)
+
+        info, reports = cloud.up(stacks, store, args.port, on_resource=advanced, on_plan=planned)
+    table = Table(title=f"local cloud at {info.endpoint}")
+    for column in ("stack", "created", "updated", "replaced", "deleted", "unchanged", "seconds"):
+        table.add_column(column, justify="right" if column != "stack" else "left")
+    for report in reports:
+        counts = (report.created, report.updated, report.replaced, report.deleted, report.unchanged)
+        table.add_row(report.stack, *map(str, counts), f"{report.seconds:.1f}")
+    Console().print(table)
+    if not any(report.changed for report in reports):
+        print("no changes: every resource was already up to date")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = cloud.status(Store())
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0 if report["running"] else 1
+    if not report["running"]:
+        print("the local cloud is not running (start it with `bulkhead local up`)")
+        return 1
+    console = Console()
+    console.print(f"endpoint: {report['endpoint']}")
+    table = Table()
+    for column in ("stack", "resources", "key outputs"):
+        table.add_column(column)
+    for stack, entry in report["stacks"].items():
+        keys = "\n".join(f"{k}: {entry['outputs'][k]}" for k in KEY_OUTPUTS if k in entry["outputs"])
+        table.add_row(stack, str(entry["resources"]), keys)
+    console.print(table)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    cloud.down(Store())
+    print("local cloud stopped and its state cleared")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    print("\n".join(cloud.env_lines(Store())))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `bulkhead local ...` to the command line."""
+    local = commands.add_parser(
+        "local",
+        help="run the platform's AWS side on this machine (a moto server on 127.0.0.1)",
+        description="The local cloud: the same Pulumi program as `pulumi up`, deployed into a moto server on "
+        "127.0.0.1. State lives in .bulkhead/local/ (or $BULKHEAD_LOCAL_DIR).",
+    )
+    verbs = local.add_subparsers(dest="verb", required=True, metavar="VERB")
+    up = verbs.add_parser(
+        "up",
+        help="start the server if needed and deploy stacks",
+        description="Start a moto server on a free port of 127.0.0.1 (unless one runs), validate every stack, then "
+        "deploy them in order (regions, then global). Re-running changes only what the program changed.",
+    )
+    up.add_argument("--stacks", help="comma-separated stacks (default: all, e.g. us-east-1,us-west-2,eu-west-1,global)")
+    up.add_argument("--port", type=int, help="port for a new server (default: a free one)")
+    up.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    up.set_defaults(handler=cmd_up)
+    status = verbs.add_parser("status", help="show the endpoint and each deployed stack")
+    status.add_argument("--json", action="store_true", help="print as JSON")
+    status.set_defaults(handler=cmd_status)
+    verbs.add_parser("down", help="stop the server and clear all local state").set_defaults(handler=cmd_down)
+    verbs.add_parser(
+        "env", help='print shell lines to point boto3/aws at the local cloud: eval "$(bulkhead local env)"'
+    ).set_defaults(handler=cmd_env)
+
+
+if __name__ == "__main__":
+    sys.exit("use `bulkhead local`")

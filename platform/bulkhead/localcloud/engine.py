@@ -1,0 +1,221 @@
+"""Deploy stacks into the local cloud: Pulumi mocks whose `new_resource` creates the resource in moto.
+
+Per stack: each declared resource is compared with what the state remembers under its URN. Same
+inputs: reused, nothing is called. Changed: updated in place where the translator can, otherwise
+replaced (created anew, the old one deleted at the end). Gone from the program: deleted, newest
+first. State is saved even when a run fails part-way, so the next `up` knows what exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+
+from bulkhead import stack_runner, topology
+from bulkhead.localcloud import translators
+from bulkhead.localcloud.aws import LocalAws, LocalCloudError, is_unreachable
+from bulkhead.localcloud.state import ResourceRecord, StackState, Store
+
+log = logging.getLogger("bulkhead.local")
+PROVIDER = "pulumi:providers:aws"
+
+
+@dataclass
+class StackReport:
+    """What one `up` of one stack did."""
+
+    stack: str
+    created: int = 0
+    updated: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.replaced or self.deleted)
+
+
+def _normalized(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+class MotoMocks(pulumi.runtime.Mocks):
+    """Pulumi mocks that make every declared resource real in moto (or reuse it from the state)."""
+
+    def __init__(
+        self,
+        aws: LocalAws,
+        region: str,
+        previous: StackState,
+        report: StackReport,
+        on_resource: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.aws = aws
+        self.region = region
+        self.previous = previous
+        self.report = report
+        self.current = StackState()
+        self.on_resource = on_resource or (lambda urn, action: None)
+        self.fault: BaseException | None = None
+        self._providers: dict[str, tuple[str, str | None]] = {}
+        # One call into moto at a time: Pulumi registers from many threads, and ordering keeps runs repeatable.
+        self._lock = threading.Lock()
+
+    # --- the mocks interface ---
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        if not args.custom:
+            return "", {}
+        urn = stack_runner.current_urn()
+        with self._lock:
+            try:
+                return self._apply(urn, args.typ, args.name, _normalized(args.inputs), args.provider)
+            except BaseException as error:
+                self.fault = self.fault or error
+                raise self._explain(error, urn) from error
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        if args.token != "aws:ec2/getAmi:getAmi":
+            raise LocalCloudError(f"the local cloud does not answer the call {args.token}; add it to MotoMocks.call")
+        region, role = self._target_of(args.provider)
+        request = {"Owners": list(args.args.get("owners") or [])}
+        request["Filters"] = [{"Name": f["name"], "Values": list(f["values"])} for f in args.args.get("filters") or []]
+        with self._lock:
+            images = self.aws.client("ec2", region, role).describe_images(**request)["Images"]
+        if not images:
+            raise LocalCloudError(f"no image in {region} matches owners {request['Owners']} and {request['Filters']}")
+        image = max(images, key=lambda i: i.get("CreationDate", ""))
+        return {
+            "id": image["ImageId"],
+            "imageId": image["ImageId"],
+            "name": image["Name"],
+            "architecture": image["Architecture"],
+            "ownerId": image["OwnerId"],
+        }
+
+    # --- the decisions ---
+
+    def _apply(self, urn: str, type_token: str, name: str, inputs: dict, provider: str) -> tuple[str, dict]:
+        if type_token == PROVIDER:
+            return self._provider(urn, inputs)
+        region, role = self._target_of(provider)
+        translator = translators.lookup(type_token)
+        target = translators.Target(self.aws, region, role, urn, name)
+        old = self.previous.resources.get(urn)
+        same_place = old is not None and old.type == type_token and (old.region, old.role_arn) == (region, role)
+        if same_place and old.inputs == inputs:
+            self._remember(old, "unchanged")
+            return old.id, old.state
+        if same_place and translator.update is not None:
+            try:
+                state = translator.update(target, old.id, old.inputs, inputs, old.state)
+            except translators.ReplaceRequired:
+                pass
+            else:
+                self._remember(ResourceRecord(urn, type_token, old.id, region, role, inputs, state), "updated")
+                return old.id, state
+        resource_id, state = translator.create(target, inputs)
+        record = ResourceRecord(urn, type_token, resource_id, region, role, inputs, _normalized(state))
+        if old is not None:
+            self.current.pending_deletes.append(old)
+            self._remember(record, "replaced")
+        else:
+            self._remember(record, "created")
+        return resource_id, record.state
+
+    def _provider(self, urn: str, inputs: dict) -> tuple[str, dict]:
+        roles = inputs.get("assumeRoles")
+        roles = json.loads(roles) if isinstance(roles, str) else roles or []
+        role = roles[0].get("roleArn") if roles else None
+        self._providers[urn] = (inputs.get("region") or self.region, role)
+        return "local-" + hashlib.sha256(urn.encode()).hexdigest()[:12], inputs
+
+    def _target_of(self, provider_reference: str) -> tuple[str, str | None]:
+        if not provider_reference:
+            return self.region, None
+        return self._providers[provider_reference.rsplit("::", 1)[0]]
+
+    def _remember(self, record: ResourceRecord, action: str) -> None:
+        self.current.resources[record.urn] = record
+        setattr(self.report, action, getattr(self.report, action) + 1)
+        log.info("resource %s", action, extra={"urn": record.urn, "id": record.id, "action": action})
+        self.on_resource(record.urn, action)
+
+    def _explain(self, error: BaseException, urn: str) -> BaseException:
+        if is_unreachable(error):
+            return LocalCloudError(
+                f"the moto server at {self.aws.endpoint} stopped answering while creating {urn.split('::')[-1]}; "
+                "run `bulkhead local up` again: it starts a new server and rebuilds"
+            )
+        return error
+
+    # --- after the program ---
+
+    def state_after_failure(self) -> StackState:
+        """Everything that exists now: what this run touched, plus earlier resources it had not reached."""
+        state = StackState(dict(self.current.resources), list(self.current.pending_deletes))
+        for urn, record in self.previous.resources.items():
+            state.resources.setdefault(urn, record)
+        state.pending_deletes.extend(self.previous.pending_deletes)
+        return state
+
+    def delete_stale(self) -> int:
+        """Delete what the program no longer declares and what was replaced, newest first.
+
+        The queue lives in the state being saved, so a delete that fails leaves the rest remembered.
+        """
+        stale = [r for urn, r in self.previous.resources.items() if urn not in self.current.resources]
+        self.current.pending_deletes = (
+            list(reversed(stale)) + list(reversed(self.current.pending_deletes)) + self.previous.pending_deletes
+        )
+        deleted = 0
+        while self.current.pending_deletes:
+            record = self.current.pending_deletes[0]
+            if record.type != PROVIDER:
+                target = translators.Target(self.aws, record.region, record.role_arn, record.urn, record.urn)
+                translators.lookup(record.type).delete(target, record.id, record.state)
+            self.current.pending_deletes.pop(0)
+            deleted += 1
+            log.info("resource deleted", extra={"urn": record.urn, "id": record.id, "action": "deleted"})
+            self.on_resource(record.urn, "deleted")
+        return deleted
+
+
+def deploy_stack(
+    stack: str,
+    aws: LocalAws,
+    store: Store,
+    references: Callable[[str], Mapping[str, Any]],
+    on_resource: Callable[[str, str], None] | None = None,
+    project_dir=stack_runner.PROJECT_DIR,
+) -> StackReport:
+    """Bring one stack in the local cloud in line with the program; returns what changed."""
+    config = topology.read_stack_config(project_dir, stack)
+    report = StackReport(stack)
+    previous = store.load(stack)
+    mocks = MotoMocks(aws, str(config.get("aws:region", stack)), previous, report, on_resource)
+    try:
+        run = stack_runner.evaluate_stack(stack, mocks, references, project_dir, config=config)
+    except BaseException as error:
+        store.save(stack, mocks.state_after_failure())
+        if isinstance(mocks.fault, LocalCloudError) or (mocks.fault and is_unreachable(mocks.fault)):
+            raise mocks._explain(mocks.fault, stack) from error
+        raise
+    try:
+        report.deleted = mocks.delete_stale()
+    finally:
+        store.save(stack, mocks.current)
+    store.save_outputs(stack, _normalized(run.outputs))
+    report.outputs = run.outputs
+    report.seconds = run.seconds
+    return report
