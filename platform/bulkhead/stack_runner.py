@@ -8,6 +8,7 @@ would see; only the engine behind the resource monitor differs.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import runpy
@@ -22,7 +23,7 @@ import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import resource_pb2
-from pulumi.runtime.settings import get_root_resource
+from pulumi.runtime.settings import SETTINGS, get_root_resource
 from pulumi.runtime.sync_await import _sync_await
 
 from bulkhead import topology
@@ -170,23 +171,46 @@ def _evaluate(
     monitor = _RecordingMonitor(mocks, references)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     main = project_dir / "infra"
+    # As pulumi.runtime.test does: a run starts with no RPC or output left over from the one before.
+    SETTINGS.rpc_manager.clear()
+    SETTINGS.outputs.clear()
     try:
         _sync_await(pulumi.runtime.stack.run_pulumi_func(lambda: runpy.run_path(str(main), run_name="__main__")))
         root = get_root_resource()
         outputs = _sync_await(pulumi.Output.from_input(getattr(root, "outputs", {})).future()) or {}
-    except pulumi.RunError as error:
-        raise StackError(f"{error}") from None
-    except StackError:
-        raise
-    except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise StackError(f"stack {stack}: {message}") from error
+    except BaseException as error:
+        _settle()
+        _raise_as_stack_error(stack, error)
     return StackRun(
         stack=stack,
         resources=monitor.declared,
         outputs=dict(outputs),
         seconds=time.perf_counter() - started,
     )
+
+
+def _raise_as_stack_error(stack: str, error: BaseException) -> None:
+    if isinstance(error, pulumi.RunError):
+        raise StackError(str(error)) from None
+    if isinstance(error, StackError | KeyboardInterrupt):
+        raise error
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise StackError(f"stack {stack}: {message}") from error
+
+
+def _settle(timeout: float = 30.0) -> None:
+    """Let what a failed program left queued run out before the next program shares Pulumi's loop.
+
+    Pulumi stops waiting at the first error, but the other registrations are still queued; mocks
+    refuse work once a run has failed, so they end quickly. Cancelling instead is not enough: work
+    already handed to Pulumi's executor threads would report into the next run.
+    """
+    loop = asyncio.get_event_loop()
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending, timeout=timeout))
+    SETTINGS.rpc_manager.clear()
+    SETTINGS.outputs.clear()
 
 
 def reference_stack_name(reference: str) -> str:

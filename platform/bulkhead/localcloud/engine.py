@@ -78,11 +78,14 @@ class MotoMocks(pulumi.runtime.Mocks):
             return "", {}
         urn = stack_runner.current_urn()
         with self._lock:
+            if self.fault is not None:
+                # The run has failed: registrations still queued must not touch moto any more.
+                raise LocalCloudError(f"not creating {args.name}: an earlier resource failed")
             try:
                 return self._apply(urn, args.typ, args.name, _normalized(args.inputs), args.provider)
             except BaseException as error:
-                self.fault = self.fault or error
-                raise self._explain(error, urn) from error
+                self.fault = self._explain(error, urn)
+                raise self.fault from error
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         if args.token != "aws:ec2/getAmi:getAmi":
@@ -208,8 +211,8 @@ def deploy_stack(
         run = stack_runner.evaluate_stack(stack, mocks, references, project_dir, config=config)
     except BaseException as error:
         store.save(stack, mocks.state_after_failure())
-        if isinstance(mocks.fault, LocalCloudError) or (mocks.fault and is_unreachable(mocks.fault)):
-            raise mocks._explain(mocks.fault, stack) from error
+        if isinstance(mocks.fault, LocalCloudError):
+            raise mocks.fault from error
         raise
     try:
         report.deleted = mocks.delete_stale()

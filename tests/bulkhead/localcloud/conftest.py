@@ -1,0 +1,59 @@
+"""Fixtures of the local-cloud tests: each starts its own moto server on a free loopback port."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import boto3
+import pytest
+
+from bulkhead.localcloud import cloud, server
+from bulkhead.localcloud.aws import DUMMY_CREDENTIALS
+from bulkhead.localcloud.state import Store
+from bulkhead.stack_runner import PROJECT_DIR
+
+
+def copy_project(destination: Path) -> Path:
+    """The Pulumi project (program and stack files) copied, so a test may edit its config."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for path in PROJECT_DIR.glob("Pulumi*.yaml"):
+        shutil.copy(path, destination / path.name)
+    shutil.copytree(PROJECT_DIR / "infra", destination / "infra", ignore=shutil.ignore_patterns("__pycache__"))
+    return destination
+
+
+class Clients:
+    """boto3 clients against one local cloud."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def __call__(self, service: str, region: str, **credentials):
+        return boto3.client(
+            service, endpoint_url=self.endpoint, region_name=region, **(credentials or DUMMY_CREDENTIALS)
+        )
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A copy of the Pulumi project this test may change."""
+    return copy_project(tmp_path / "project")
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    """An empty local cloud; its server, if a test starts one, is stopped afterwards."""
+    local = Store(tmp_path / "local")
+    yield local
+    server.stop(local.directory)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """Every stack of the repository deployed once into one local cloud (shared by the read-only tests)."""
+    local = Store(tmp_path_factory.mktemp("deployed") / "local")
+    stacks = ["eu-west-1", "us-east-1", "us-west-2", "global"]
+    info, reports = cloud.up(stacks, local)
+    yield local, Clients(info.endpoint), {r.stack: r for r in reports}
+    server.stop(local.directory)

@@ -1,0 +1,148 @@
+"""After `bulkhead local up`, boto3 against the endpoint sees what the program declares, per AZ."""
+
+from __future__ import annotations
+
+import pytest
+
+from bulkhead import topology
+from bulkhead.stack_runner import PROJECT_DIR
+
+pytestmark = pytest.mark.moto
+
+REGIONS = [s for s in topology.stack_names(PROJECT_DIR) if s != topology.GLOBAL_STACK]
+GLOBAL = topology.read_stack_config(PROJECT_DIR, "global")
+
+
+def _config(region: str) -> dict:
+    return topology.read_stack_config(PROJECT_DIR, region)
+
+
+def _running(clients, region: str, role: str) -> list[dict]:
+    reservations = clients("ec2", region).describe_instances(
+        Filters=[
+            {"Name": "tag:bulkhead:role", "Values": [role]},
+            {"Name": "instance-state-name", "Values": ["running"]},
+        ]
+    )["Reservations"]
+    return [i for r in reservations for i in r["Instances"]]
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_up__vpc_with_public_and_private_subnets_in_three_azs(deployed, region):
+    _, clients, _ = deployed
+    ec2 = clients("ec2", region)
+    (vpc,) = ec2.describe_vpcs(Filters=[{"Name": "tag:bulkhead:stack", "Values": [region]}])["Vpcs"]
+    assert vpc["CidrBlock"] == _config(region)["bulkhead:vpcCidr"]
+    subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]
+    assert len(subnets) == 6
+    assert {s["AvailabilityZone"] for s in subnets} == set(_config(region)["bulkhead:availabilityZones"])
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_up__routers_and_dyno_hosts_really_run_in_every_az(deployed, region):
+    _, clients, _ = deployed
+    config = _config(region)
+    zones = set(config["bulkhead:availabilityZones"])
+    routers = _running(clients, region, "router")
+    assert len(routers) == config["bulkhead:routersPerAz"] * 3
+    assert {i["Placement"]["AvailabilityZone"] for i in routers} == zones
+    dynos = _running(clients, region, "dyno_host")
+    assert len(dynos) == config["bulkhead:cells"] * config["bulkhead:dynoHostsPerCellAz"] * 3
+    for cell in range(1, config["bulkhead:cells"] + 1):
+        in_cell = [i for i in dynos if {"Key": "bulkhead:cell", "Value": str(cell)} in i["Tags"]]
+        assert {i["Placement"]["AvailabilityZone"] for i in in_cell} == zones
+    for instance in routers + dynos:
+        tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+        assert tags["bulkhead:az"] == instance["Placement"]["AvailabilityZone"]
+        assert tags["bulkhead:region"] == region
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_up__load_balancer_spans_three_azs_with_its_target_groups(deployed, region):
+    _, clients, reports = deployed
+    elb = clients("elbv2", region)
+    (balancer,) = elb.describe_load_balancers()["LoadBalancers"]
+    assert balancer["DNSName"] == reports[region].outputs["routerLbDnsName"]
+    assert len({zone["ZoneName"] for zone in balancer["AvailabilityZones"]}) == 3
+    listeners = elb.describe_listeners(LoadBalancerArn=balancer["LoadBalancerArn"])["Listeners"]
+    assert sorted(listener["Port"] for listener in listeners) == [80, 443]
+    groups = elb.describe_target_groups(LoadBalancerArn=balancer["LoadBalancerArn"])["TargetGroups"]
+    assert sorted(g["Port"] for g in groups) == [80, 443]
+    asg = clients("autoscaling", region)
+    routers = [
+        g for g in asg.describe_auto_scaling_groups()["AutoScalingGroups"]
+        if {"router"} & {t["Value"] for t in g["Tags"] if t["Key"] == "bulkhead:role"}
+    ]  # fmt: skip
+    assert len(routers) == 3
+    for group in routers:
+        assert sorted(group["TargetGroupARNs"]) == sorted(g["TargetGroupArn"] for g in groups)
+        warm = asg.describe_warm_pool(AutoScalingGroupName=group["AutoScalingGroupName"])["WarmPoolConfiguration"]
+        assert warm["PoolState"] == "Stopped"
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_up__postgres_primary_and_standby_run_in_two_azs(deployed, region):
+    _, clients, _ = deployed
+    hosts = _running(clients, region, "postgres")
+    roles = {next(t["Value"] for t in i["Tags"] if t["Key"] == "bulkhead:postgres"): i for i in hosts}
+    assert set(roles) == {"primary", "standby"}
+    assert roles["primary"]["Placement"]["AvailabilityZone"] != roles["standby"]["Placement"]["AvailabilityZone"]
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_up__archive_bucket_is_versioned_encrypted_and_replicated_to_the_partner(deployed, region):
+    _, clients, reports = deployed
+    outputs = reports[region].outputs
+    s3 = clients("s3", region)
+    bucket = outputs["archiveBucket"]
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+    replication = s3.get_bucket_replication(Bucket=bucket)["ReplicationConfiguration"]
+    assert replication["Rules"][0]["Destination"]["Bucket"] == f"arn:aws:s3:::{outputs['archiveReplicaBucket']}"
+    partner = _config(region)["bulkhead:partnerRegion"]
+    location = s3.get_bucket_location(Bucket=outputs["archiveReplicaBucket"])["LocationConstraint"]
+    assert (location or "us-east-1") == partner
+
+
+def test_up__global_zone_has_primary_and_secondary_records_with_health_checks(deployed):
+    _, clients, reports = deployed
+    route53 = clients("route53", "us-east-1")
+    zone_id = reports["global"].outputs["zoneId"]
+    records = route53.list_resource_record_sets(HostedZoneId=zone_id)["ResourceRecordSets"]
+    checks = {c["Id"]: c for c in route53.list_health_checks()["HealthChecks"]}
+    for service in GLOBAL["bulkhead:services"]:
+        mine = [r for r in records if r["Name"].rstrip(".") == f"{service}.{GLOBAL['bulkhead:domain']}"]
+        assert {r["Failover"] for r in mine} == {"PRIMARY", "SECONDARY"}
+        for record in mine:
+            region = GLOBAL["bulkhead:primaryRegion" if record["Failover"] == "PRIMARY" else "bulkhead:secondaryRegion"]
+            assert record["ResourceRecords"] == [{"Value": reports[region].outputs["routerLbDnsName"]}]
+            assert (
+                checks[record["HealthCheckId"]]["HealthCheckConfig"]["FullyQualifiedDomainName"]
+                == (reports[region].outputs["routerLbDnsName"])
+            )
+
+
+def test_up__status_site_lives_in_the_status_account_and_region_only(deployed):
+    _, clients, reports = deployed
+    role = clients("sts", "us-east-1").assume_role(RoleArn=GLOBAL["bulkhead:statusRoleArn"], RoleSessionName="test")
+    credentials = role["Credentials"]
+    status = {
+        "aws_access_key_id": credentials["AccessKeyId"],
+        "aws_secret_access_key": credentials["SecretAccessKey"],
+        "aws_session_token": credentials["SessionToken"],
+    }
+    region = GLOBAL["bulkhead:statusRegion"]
+    assert clients("sts", region, **status).get_caller_identity()["Account"] == "210987654321"
+    s3 = clients("s3", region, **status)
+    bucket = reports["global"].outputs["statusBucket"]
+    assert s3.get_bucket_location(Bucket=bucket)["LocationConstraint"] == region
+    page = s3.get_object(Bucket=bucket, Key="index.html")["Body"].read().decode()
+    assert "<title>platform.example.net status</title>" in page
+    distributions = clients("cloudfront", "us-east-1", **status).list_distributions()["DistributionList"]["Items"]
+    assert [d["DomainName"] for d in distributions] == [reports["global"].outputs["statusUrl"][len("https://") :]]
+    platform_buckets = [b["Name"] for b in clients("s3", "us-east-1").list_buckets()["Buckets"]]
+    assert bucket not in platform_buckets
+    assert clients("cloudfront", "us-east-1").list_distributions()["DistributionList"].get("Quantity", 0) == 0
