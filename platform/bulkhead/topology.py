@@ -311,6 +311,18 @@ def peer_vpc_cidrs(project_dir: Path, stack: str) -> dict[str, str]:
     return peers
 
 
+def validate_stacks(project_dir: Path, stacks: list[str]) -> dict[str, RegionSpec | GlobalSpec]:
+    """Validate stacks from their files exactly as the program does, with nothing declared."""
+    specs: dict[str, RegionSpec | GlobalSpec] = {}
+    for stack in stacks:
+        raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in read_stack_config(project_dir, stack).items()}
+        if stack == GLOBAL_STACK:
+            specs[stack] = global_spec(raw, partner_regions(project_dir))
+        else:
+            specs[stack] = region_spec(stack, raw, peer_vpc_cidrs(project_dir, stack))
+    return specs
+
+
 def partner_regions(project_dir: Path) -> dict[str, str]:
     """Each region stack mapped to the partner region its config names."""
     partners = {}

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bulkhead import plan, stack_runner
+from bulkhead import stack_runner, topology
 from bulkhead.localcloud import server
 from bulkhead.localcloud.aws import DUMMY_CREDENTIALS, LocalAws, LocalCloudError
 from bulkhead.localcloud.engine import StackReport, deploy_stack
@@ -19,9 +19,17 @@ log = logging.getLogger("bulkhead.local")
 Progress = Callable[[str, str, str], None]  # (stack, urn, action)
 
 
-def planned_counts(stacks: list[str], project_dir: Path = stack_runner.PROJECT_DIR) -> dict[str, int]:
-    """Validate every asked stack with nothing created, and count what each declares."""
-    return {s: sum(plan.summarize(run).values()) for s, run in plan.evaluate_all(project_dir, stacks).items()}
+def validate(stacks: list[str], store: Store, project_dir: Path = stack_runner.PROJECT_DIR) -> None:
+    """Refuse, before anything is created, a bad config or a global stack whose regions are not deployed."""
+    specs = topology.validate_stacks(project_dir, stacks)
+    spec = specs.get(topology.GLOBAL_STACK)
+    if isinstance(spec, topology.GlobalSpec):
+        for region in (spec.primary_region, spec.secondary_region):
+            if region not in stacks and store.outputs(region) is None:
+                raise LocalCloudError(
+                    f"the global stack reads {region}, which is not deployed locally; "
+                    f"run `bulkhead local up --stacks {region},global`"
+                )
 
 
 def ensure_server(store: Store, port: int | None) -> server.ServerInfo:
@@ -52,9 +60,10 @@ def up(
 
     Every stack is validated first, with nothing created: a bad config anywhere changes nothing.
     """
-    counts = planned_counts(stacks, project_dir)
+    validate(stacks, store, project_dir)
     if on_plan:
-        on_plan(counts)
+        # What each stack held last time: the progress bar's total (unknown on a first run).
+        on_plan({s: len(store.load(s).resources) for s in stacks})
     info = ensure_server(store, port)
     aws = LocalAws(info.endpoint)
 

@@ -40,7 +40,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         task = progress.add_task("validating stacks", total=None)
 
         def planned(counts: dict[str, int]) -> None:
-            progress.update(task, description="deploying", total=sum(counts.values()), completed=0)
+            progress.update(task, description="deploying", total=sum(counts.values()) or None, completed=0)
 
         def advanced(stack: str, urn: str, action: str) -> None:
             if action != "deleted":

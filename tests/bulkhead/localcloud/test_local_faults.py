@@ -13,7 +13,7 @@ import yaml
 
 from bulkhead.localcloud import cloud, server
 from bulkhead.localcloud.aws import LocalCloudError
-from bulkhead.stack_runner import StackError
+from bulkhead.topology import ConfigError
 
 pytestmark = pytest.mark.moto
 STACK = "eu-west-1"
@@ -63,7 +63,7 @@ def test_up__stack_failing_validation_changes_nothing(project, store):
     document = yaml.safe_load(path.read_text())
     document["config"]["bulkhead:partnerRegion"] = "us-west-2"
     path.write_text(yaml.safe_dump(document))
-    with pytest.raises(StackError, match="bulkhead:partnerRegion is us-west-2, the stack's own region"):
+    with pytest.raises(ConfigError, match="bulkhead:partnerRegion is us-west-2, the stack's own region"):
         cloud.up(["eu-west-1", "us-west-2"], store, project_dir=project)
     assert server.recorded(store.directory) is None, "validation comes before the server starts"
     assert store.stacks() == []
@@ -71,9 +71,10 @@ def test_up__stack_failing_validation_changes_nothing(project, store):
 
 def test_up__global_before_its_regions_names_the_missing_stack(store):
     with pytest.raises(
-        StackError, match=r"(us-east-1|us-west-2) is not deployed locally; run `bulkhead local up --stacks \1`"
+        LocalCloudError, match=r"reads (us-east-1|us-west-2), which is not deployed locally; run `bulkhead local up"
     ):
         cloud.up(["global"], store)
+    assert server.recorded(store.directory) is None
 
 
 def _bulkhead(*args: str, directory) -> subprocess.CompletedProcess:
