@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bulkhead import logs, plan, topology
+from bulkhead.backup import commands as db_commands
+from bulkhead.backup.settings import BackupError
 from bulkhead.localcloud import commands as local_commands
 from bulkhead.localcloud.aws import LocalCloudError
 from bulkhead.stack_runner import PROJECT_DIR, StackError
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     plan_parser.set_defaults(handler=cmd_plan)
     local_commands.register(commands)
+    db_commands.register(commands)
     return parser
 
 
@@ -80,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(json_lines=args.log_json, verbose=args.verbose)
     try:
         return args.handler(args)
-    except (CommandError, topology.ConfigError, StackError, LocalCloudError) as error:
+    except (CommandError, topology.ConfigError, StackError, LocalCloudError, BackupError) as error:
         log.debug("command failed", exc_info=True)
         print(f"bulkhead: error: {error}", file=sys.stderr)
         return 1

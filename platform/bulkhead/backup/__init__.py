@@ -1,0 +1,1 @@
+"""Continuous backup and restore of PostgreSQL with barman-cloud (`bulkhead db`)."""

@@ -1,0 +1,139 @@
+"""The `bulkhead db` command group."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bulkhead.backup import operations
+from bulkhead.backup.settings import (
+    DEFAULT_ARCHIVE_TIMEOUT,
+    Archive,
+    BackupError,
+    conf_lines,
+    server_settings,
+)
+
+
+def _archive(args: argparse.Namespace, url: str | None = None, endpoint: str | None = None) -> Archive:
+    return Archive(url or args.archive, args.server, endpoint if url else args.endpoint_url)
+
+
+def _target_time(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time, e.g. 2026-11-21T18:30:00+00:00") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def cmd_archive_command(args: argparse.Namespace) -> int:
+    print("\n".join(conf_lines(server_settings(_archive(args), args.archive_timeout))))
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    with console.status("starting base backup") as status:
+
+        def uploaded(size: int) -> None:
+            status.update(f"uploading base backup: {size / 2**20:.1f} MiB so far")
+
+        started = dt.datetime.now(dt.UTC)
+        made = operations.backup(
+            _archive(args), args.host, args.port, args.user, args.jobs, args.timeout, on_progress=uploaded
+        )
+    seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
+    print(f"backup {made.backup_id} done in {seconds:.1f} s: WAL {made.begin_wal}..{made.end_wal}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    backups = operations.list_backups(_archive(args))
+    if args.json:
+        print(json.dumps([b.as_dict() for b in backups], indent=2))
+        return 0
+    table = Table(title=f"backups of {args.server}")
+    for column in ("backup id", "status", "begin", "end", "begin WAL", "end WAL"):
+        table.add_column(column)
+    for b in backups:
+        table.add_row(
+            b.backup_id, b.status, *(str(t or "") for t in (b.begin_time, b.end_time)), b.begin_wal, b.end_wal
+        )
+    Console().print(table)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with Console(stderr=True).status("reading the archive back"):
+        result = operations.verify(_archive(args))
+    if not result.ok:
+        raise BackupError(result.problem())
+    print(
+        f"ok: backup {result.backup.backup_id} and WAL {result.continuity.first}..{result.continuity.last_contiguous} "
+        "are present and readable"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    with Console(stderr=True).status(f"restoring into {args.to}"):
+        chosen = operations.restore(_archive(args), Path(args.to), args.target_time, args.force, args.owner)
+    goal = f"to {args.target_time.isoformat()}" if args.target_time else "to the end of the archive"
+    print(f"restored backup {chosen.backup_id} into {args.to}; starting PostgreSQL there recovers {goal}")
+    return 0
+
+
+def cmd_copy_archive(args: argparse.Namespace) -> int:
+    report = operations.copy_archive(_archive(args), _archive(args, args.to, args.to_endpoint_url))
+    print(f"copied {report.copied} objects ({report.bytes / 2**20:.1f} MiB), {report.skipped} already there, "
+          f"in {report.seconds:.1f} s")  # fmt: skip
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `bulkhead db ...` to the command line."""
+    db = commands.add_parser(
+        "db",
+        help="continuous backup and restore of PostgreSQL (barman-cloud)",
+        description="Back up, list, verify, restore and copy a PostgreSQL server's archive in S3. Every verb takes "
+        "--archive s3://BUCKET/PREFIX --server NAME [--endpoint-url URL].",
+    )
+    verbs = db.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_text: str, handler) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("--archive", required=True, help="where the archive lives: s3://BUCKET/PREFIX")
+        parser.add_argument("--server", required=True, help="the server's name in the archive, e.g. pg-us-east-1")
+        parser.add_argument("--endpoint-url", help="an S3 endpoint other than AWS's (e.g. the local cloud)")
+        parser.set_defaults(handler=handler)
+        return parser
+
+    command = verb("archive-command", "print the postgresql.conf lines for continuous archiving", cmd_archive_command)
+    command.add_argument(
+        "--archive-timeout", type=int, default=DEFAULT_ARCHIVE_TIMEOUT, help="seconds; bounds data lost (default 60)"
+    )
+    backup = verb("backup", "take a base backup (checks that WAL archiving works first)", cmd_backup)
+    backup.add_argument("--host", required=True, help="PostgreSQL host (the backup runs on the database host)")
+    backup.add_argument("--port", type=int, default=5432)
+    backup.add_argument("--user", default="postgres", help="a superuser or replication user (default postgres)")
+    backup.add_argument("--jobs", type=int, default=4, help="parallel upload processes (default 4)")
+    backup.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds (default 3600)")
+    listing = verb("list", "list backups with their WAL range and times", cmd_list)
+    listing.add_argument("--json", action="store_true", help="print as JSON")
+    verb("verify", "check the newest backup and every WAL segment after it are present and readable", cmd_verify)
+    restore = verb("restore", "lay down a data directory that recovers to the latest or a given time", cmd_restore)
+    restore.add_argument("--to", required=True, help="the data directory to create")
+    when = restore.add_mutually_exclusive_group()
+    when.add_argument("--target-time", type=_target_time, help="ISO 8601 time to recover to")
+    when.add_argument("--latest", action="store_true", help="recover to the end of the archive (the default)")
+    restore.add_argument("--force", action="store_true", help="replace a non-empty --to directory")
+    restore.add_argument("--owner", default="postgres", help="the user PostgreSQL runs as (default postgres)")
+    copy = verb("copy-archive", "copy the archive to another bucket, incrementally", cmd_copy_archive)
+    copy.add_argument("--to", required=True, help="destination s3://BUCKET/PREFIX (same server name)")
+    copy.add_argument("--to-endpoint-url", help="the destination's S3 endpoint, if not AWS's")
