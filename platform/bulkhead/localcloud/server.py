@@ -94,15 +94,15 @@ def running(directory: Path) -> ServerInfo | None:
     return None
 
 
-def start(directory: Path, port: int | None = None) -> ServerInfo:
-    """Start a detached moto server on 127.0.0.1 and wait until it answers."""
+def start(directory: Path, port: int | None = None, environment: dict[str, str] | None = None) -> ServerInfo:
+    """Start a detached moto server on 127.0.0.1 and wait until it answers; `environment` adds moto settings."""
     if port is not None and port_in_use(port):
         raise LocalCloudError(f"port {port} on 127.0.0.1 is in use; pick another with --port, or omit --port")
     chosen = port if port is not None else free_port()
     directory.mkdir(parents=True, exist_ok=True)
     log = (directory / "moto.log").open("ab")
     # Moto's image catalogue gets the Debian 12 images the program looks up, as AWS publishes them.
-    environment = {**os.environ, "MOTO_AMIS_PATH": str(AMIS)}
+    environment = {**os.environ, "MOTO_AMIS_PATH": str(AMIS), **(environment or {})}
     process = subprocess.Popen(
         [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(chosen)],
         stdout=log,
