@@ -21,25 +21,9 @@ from bulkhead.stack_runner import PROJECT_DIR, StackError
 log = logging.getLogger("bulkhead")
 
 
-class CommandError(Exception):
-    """An operator error: printed as one line, exit status 1."""
-
-
-def _stacks(value: str | None) -> list[str]:
-    known = topology.stack_names(PROJECT_DIR)
-    if not value:
-        return known
-    wanted = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in known]
-    if unknown:
-        raise CommandError(f"unknown stack {', '.join(unknown)}; choose from {', '.join(known)}")
-    # Deployment order is fixed whatever order was asked: regions first, the global stack last.
-    return [s for s in known if s in wanted]
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     """Evaluate stacks with invented ids and print what each would create."""
-    runs = plan.evaluate_all(stacks=_stacks(args.stacks))
+    runs = plan.evaluate_all(stacks=topology.select_stacks(PROJECT_DIR, args.stacks))
     if args.json:
         print(json.dumps({s: dict(sorted(plan.summarize(r).items())) for s, r in runs.items()}, indent=2))
         return 0
@@ -83,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(json_lines=args.log_json, verbose=args.verbose)
     try:
         return args.handler(args)
-    except (CommandError, topology.ConfigError, StackError, LocalCloudError, BackupError) as error:
+    except (topology.ConfigError, StackError, LocalCloudError, BackupError) as error:
         log.debug("command failed", exc_info=True)
         print(f"bulkhead: error: {error}", file=sys.stderr)
         return 1

@@ -282,6 +282,18 @@ def stack_names(project_dir: Path) -> list[str]:
     return [name for name in names if name != GLOBAL_STACK] + [name for name in names if name == GLOBAL_STACK]
 
 
+def select_stacks(project_dir: Path, value: str | None) -> list[str]:
+    """Stacks named in a comma-separated `--stacks` value (all when empty), in deployment order."""
+    known = stack_names(project_dir)
+    if not value:
+        return known
+    wanted = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise ConfigError(f"unknown stack {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [s for s in known if s in wanted]
+
+
 def read_stack_config(project_dir: Path, stack: str) -> dict[str, Any]:
     """The `config:` map of `Pulumi.<stack>.yaml`, values as written (strings, numbers or lists)."""
     path = project_dir / f"Pulumi.{stack}.yaml"

@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 
 from bulkhead.backup import barman, wal
-from bulkhead.backup.settings import Archive, BackupError, conf_lines, restore_command
+from bulkhead.backup.settings import BACKUP_COMPRESSION, Archive, BackupError, conf_lines, restore_command
 from bulkhead.backup.store import ArchiveStore
 
 log = logging.getLogger("bulkhead.db")
@@ -188,7 +188,7 @@ def backup(
     if problem:
         raise BackupError(f"refusing to start a base backup that would wait forever for WAL: {problem}")
     before = {b.backup_id for b in list_backups(archive)}
-    args = ["--gzip", "--immediate-checkpoint", "-J", str(jobs), "-h", host, "-p", str(port), "-U", user]
+    args = [BACKUP_COMPRESSION, "--immediate-checkpoint", "-J", str(jobs), "-h", host, "-p", str(port), "-U", user]
     if on_progress is None:
         barman.run("barman-cloud-backup", archive, [*args, archive.url, archive.server], timeout)
     else:
@@ -319,3 +319,51 @@ def copy_archive(source: Archive, destination: Archive, on_object: Callable[[str
         if on_object:
             on_object(relative)
     return CopyReport(copied, skipped, size, time.perf_counter() - started)
+
+
+# --- many databases at once (April 2011: shared databases came back one by one over 60 hours) ---
+
+
+@dataclass(frozen=True)
+class RestoreJob:
+    """One database to bring back; lower `priority` goes first (paying customers before free ones)."""
+
+    archive: Archive
+    target: Path
+    priority: int = 100
+    target_time: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class RestoreOutcome:
+    job: RestoreJob
+    backup: Backup | None
+    error: str | None
+    seconds: float
+
+
+def restore_order(jobs: list[RestoreJob]) -> list[RestoreJob]:
+    """Highest priority first; among equals, the order given."""
+    return sorted(jobs, key=lambda job: job.priority)
+
+
+def restore_fleet(
+    jobs: list[RestoreJob], concurrency: int = 4, on_outcome: Callable[[RestoreOutcome], None] | None = None
+) -> list[RestoreOutcome]:
+    """Restore every job with at most `concurrency` at a time; one failure does not stop the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(job: RestoreJob) -> RestoreOutcome:
+        started = time.perf_counter()
+        try:
+            chosen = restore(job.archive, job.target, job.target_time)
+            outcome = RestoreOutcome(job, chosen, None, time.perf_counter() - started)
+        except BackupError as error:
+            outcome = RestoreOutcome(job, None, str(error), time.perf_counter() - started)
+        if on_outcome:
+            on_outcome(outcome)
+        return outcome
+
+    # The pool takes work in submission order, so the most important databases start first.
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        return list(pool.map(one, restore_order(jobs)))

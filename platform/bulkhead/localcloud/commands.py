@@ -18,19 +18,8 @@ from bulkhead.stack_runner import PROJECT_DIR
 KEY_OUTPUTS = ("routerLbDnsName", "archiveBucket", "archiveReplicaBucket", "zoneId", "statusUrl")
 
 
-def _stacks(value: str | None) -> list[str]:
-    known = topology.stack_names(PROJECT_DIR)
-    if not value:
-        return known
-    wanted = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in known]
-    if unknown:
-        raise cloud.LocalCloudError(f"unknown stack {', '.join(unknown)}; choose from {', '.join(known)}")
-    return [s for s in known if s in wanted]
-
-
 def cmd_up(args: argparse.Namespace) -> int:
-    stacks = _stacks(args.stacks)
+    stacks = topology.select_stacks(PROJECT_DIR, args.stacks)
     console = Console(stderr=True)
     store = Store()
     with Progress(

@@ -2,112 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import tempfile
-import time
 import uuid
-from pathlib import Path
 
 import boto3
-import psycopg
 import pytest
 
-from bulkhead.backup.settings import Archive, conf_lines, server_settings
+from bulkhead.backup.local_postgres import LOCAL_AWS_ENV as AWS_ENV
+from bulkhead.backup.local_postgres import PgServer, postgres_workdir
+from bulkhead.backup.settings import Archive
 from bulkhead.localcloud import server
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def _as_postgres(*command: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    environment = [f"{k}={v}" for k, v in (env or {}).items()]
-    return subprocess.run(
-        ["runuser", "-u", "postgres", "--", "env", *environment, *command],
-        capture_output=True, text=True, check=check, timeout=120,
-    )  # fmt: skip
-
-
-class PgServer:
-    """One PostgreSQL server run as the postgres user, its data under a directory postgres owns."""
-
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.data_dir = data_dir
-        self.port = port
-
-    @property
-    def conninfo(self) -> str:
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
-
-    def init(self, archive: Archive, archive_timeout: int = 60) -> None:
-        _as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres")
-        with (self.data_dir / "postgresql.conf").open("a") as conf:
-            conf.write("\n".join(conf_lines(server_settings(archive, archive_timeout))) + "\n")
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.data_dir.parent} -c listen_addresses=127.0.0.1"
-        log = self.data_dir.parent / f"pg-{self.port}.log"
-        result = _as_postgres(
-            str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(log), "-w", "-t", "120", "start",
-            env=AWS_ENV, check=False,
-        )  # fmt: skip
-        if result.returncode != 0:
-            raise AssertionError(f"PostgreSQL did not start: {result.stderr}\n{log.read_text()[-2000:]}")
-
-    def connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
-
-    def wait_until_primary(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with self.connect() as connection:
-                    if not connection.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                        return
-            except psycopg.OperationalError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server on {self.port} did not finish recovery within {timeout} s")
-
-    def switch_and_wait_archived(self, timeout: float = 60) -> str:
-        """Close the current WAL segment and wait until archive_command has shipped it."""
-        with self.connect() as connection:
-            segment = connection.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                archived = connection.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
-                if archived and archived >= segment:
-                    return segment
-                time.sleep(0.2)
-        raise AssertionError(f"{segment} was not archived within {timeout} s")
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster, as a host that loses its disk or power would."""
-        pid_file = self.data_dir / "postmaster.pid"
-        if pid_file.exists():
-            pid = int(pid_file.read_text().splitlines()[0])
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
-            time.sleep(0.5)  # backends notice the postmaster's death and exit
-
-    def stop(self) -> None:
-        if (self.data_dir / "postmaster.pid").exists():
-            _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "stop", check=False)
 
 
 @pytest.fixture(scope="session")
@@ -148,8 +52,7 @@ def archive(s3, s3_endpoint) -> Archive:
 @pytest.fixture
 def workdir():
     """A directory the postgres user may write in (pytest's tmp_path is root's only)."""
-    path = Path(tempfile.mkdtemp(prefix="bulkhead-pg-"))
-    shutil.chown(path, "postgres", "postgres")
+    path = postgres_workdir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -128,3 +128,22 @@ def test_rpo__rows_lost_on_a_sudden_kill_are_within_archive_timeout(servers, arc
     )
     # Every row committed before the last archive_timeout (plus the archiver's own latency) survives.
     assert window <= archive_timeout + 3
+
+
+def test_restore_fleet__failures_stay_in_their_compartment_and_priority_orders_the_work(
+    servers, archive, s3, s3_endpoint, workdir
+):
+    pg, _ = _primary_with_a_backup(servers, archive)
+    expected = _rows(pg)
+    pg.switch_and_wait_archived()
+    s3.create_bucket(Bucket=archive.bucket + "-empty")
+    empty = Archive(f"s3://{archive.bucket}-empty/pg", "pg-free", s3_endpoint)
+    jobs = [
+        operations.RestoreJob(empty, workdir / "free", priority=200),
+        operations.RestoreJob(archive, workdir / "paying", priority=10),
+    ]
+    assert [j.target.name for j in operations.restore_order(jobs)] == ["paying", "free"]
+    outcomes = {o.job.target.name: o for o in operations.restore_fleet(jobs, concurrency=2)}
+    assert outcomes["free"].error == "the archive holds no finished backup; take one with `bulkhead db backup`"
+    assert outcomes["paying"].error is None
+    assert _rows(_start_restored(servers, "paying", workdir / "paying")) == expected
