@@ -15,7 +15,7 @@ import runpy
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ class StackRun:
     resources: list[DeclaredResource]
     outputs: dict[str, Any]
     seconds: float
-    log: list[str] = field(default_factory=list)
 
     def of_type(self, type_token: str) -> list[DeclaredResource]:
         """The resources of one type token, e.g. `aws:ec2/subnet:Subnet`, in declaration order."""

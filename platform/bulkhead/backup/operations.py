@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,12 +198,12 @@ def backup(
     new = [b for b in list_backups(archive) if b.backup_id not in before]
     if not new or new[-1].status != "DONE":
         raise BackupError("barman-cloud-backup finished but no finished backup appeared in the archive")
+    log.info("base backup done", extra={"server": archive.server, "backup_id": new[-1].backup_id,
+                                        "begin_wal": new[-1].begin_wal, "end_wal": new[-1].end_wal})  # fmt: skip
     return new[-1]
 
 
 def _with_upload_progress(store, archive, args, timeout, on_progress) -> None:
-    import threading
-
     done = threading.Event()
     failure: list[BaseException] = []
 
@@ -249,6 +251,9 @@ def restore(
         # A point-in-time restore may still succeed short of the gap; to the latest point it cannot.
         if not reaches_target:
             raise BackupError(problem)
+    goal = target_time.isoformat() if target_time else "latest"
+    log.info("restore started", extra={"server": archive.server, "backup_id": chosen.backup_id,
+                                       "target": str(target), "target_time": goal})  # fmt: skip
     staging = target.parent / f".{target.name}.restoring"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -266,7 +271,9 @@ def restore(
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        log.warning("restore failed; nothing was left behind", extra={"server": archive.server, "target": str(target)})
         raise
+    log.info("restore done", extra={"server": archive.server, "backup_id": chosen.backup_id, "target": str(target)})
     return chosen
 
 
@@ -318,7 +325,10 @@ def copy_archive(source: Archive, destination: Archive, on_object: Callable[[str
         size += item.size
         if on_object:
             on_object(relative)
-    return CopyReport(copied, skipped, size, time.perf_counter() - started)
+    report = CopyReport(copied, skipped, size, time.perf_counter() - started)
+    log.info("archive copied", extra={"server": source.server, "to": destination.url, "copied": copied,
+                                      "skipped": skipped, "bytes": size})  # fmt: skip
+    return report
 
 
 # --- many databases at once (April 2011: shared databases came back one by one over 60 hours) ---
@@ -351,7 +361,6 @@ def restore_fleet(
     jobs: list[RestoreJob], concurrency: int = 4, on_outcome: Callable[[RestoreOutcome], None] | None = None
 ) -> list[RestoreOutcome]:
     """Restore every job with at most `concurrency` at a time; one failure does not stop the others."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def one(job: RestoreJob) -> RestoreOutcome:
         started = time.perf_counter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -105,7 +104,3 @@ def register(commands: argparse._SubParsersAction) -> None:
     verbs.add_parser(
         "env", help='print shell lines to point boto3/aws at the local cloud: eval "$(bulkhead local env)"'
     ).set_defaults(handler=cmd_env)
-
-
-if __name__ == "__main__":
-    sys.exit("use `bulkhead local`")
