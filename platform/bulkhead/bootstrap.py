@@ -35,7 +35,7 @@ def user_data(role: str, facts: Mapping[str, Any], ansible_repo: str, ansible_re
             "apt-get update -q && apt-get install -y -q python3-venv git",
             "python3 -m venv /opt/bulkhead/ansible && /opt/bulkhead/ansible/bin/pip install -q 'ansible-core>=2.17,<3'",
             f"/opt/bulkhead/ansible/bin/ansible-pull -U {shlex.quote(ansible_repo)} -C {shlex.quote(ansible_ref)} "
-            f"-i localhost, -c local -e @/etc/bulkhead/host.json roles/{PLAYBOOKS[role]}",
+            f"-i localhost, -c local -e bulkhead_pull=true -e @/etc/bulkhead/host.json roles/{PLAYBOOKS[role]}",
             "",
         ]
     )

@@ -14,6 +14,8 @@ from rich.table import Table
 from bulkhead import logs, plan, topology
 from bulkhead.backup import commands as db_commands
 from bulkhead.backup.settings import BackupError
+from bulkhead.hosts import commands as hosts_commands
+from bulkhead.hosts.sandbox import SandboxError
 from bulkhead.localcloud import commands as local_commands
 from bulkhead.localcloud.aws import LocalCloudError
 from bulkhead.stack_runner import PROJECT_DIR, StackError
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.set_defaults(handler=cmd_plan)
     local_commands.register(commands)
     db_commands.register(commands)
+    hosts_commands.register(commands)
     return parser
 
 
@@ -67,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(json_lines=args.log_json, verbose=args.verbose)
     try:
         return args.handler(args)
-    except (topology.ConfigError, StackError, LocalCloudError, BackupError) as error:
+    except (topology.ConfigError, StackError, LocalCloudError, BackupError, SandboxError) as error:
         log.debug("command failed", exc_info=True)
         print(f"bulkhead: error: {error}", file=sys.stderr)
         return 1

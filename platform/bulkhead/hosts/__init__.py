@@ -1,0 +1,1 @@
+"""Hosts: the local cloud's instances as real sandbox hosts, configured by the Ansible roles."""

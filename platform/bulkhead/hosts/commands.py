@@ -1,0 +1,91 @@
+"""The `bulkhead hosts` command group."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from bulkhead.hosts import converge, inventory
+from bulkhead.hosts.sandbox import SandboxError, Sandboxes
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    sandboxes = Sandboxes()
+    specs = inventory.local_hosts(args.region)
+    with Console(stderr=True).status(f"making {len(specs)} sandbox hosts"):
+        made = sandboxes.up(specs)
+    inventory.write_inventory(sandboxes.recorded(), sandboxes)
+    print(f"{len(made)} sandbox hosts made, {len(specs) - len(made)} already there")
+    return cmd_list(args)
+
+
+def cmd_configure(args: argparse.Namespace) -> int:
+    sandboxes = Sandboxes()
+    specs = sandboxes.recorded()
+    if not specs:
+        raise SandboxError("there are no sandbox hosts; make them with `bulkhead hosts up`")
+    path = inventory.write_inventory(specs, sandboxes)
+    console = Console(stderr=True)
+    counts: dict[str, int] = {}
+    started = time.perf_counter()
+    with console.status("configuring") as status:
+
+        def seen(host: str, task: str, outcome: str) -> None:
+            counts[outcome] = counts.get(outcome, 0) + 1
+            status.update(f"{task} ({sum(counts.values())} task results)")
+
+        report = converge.converge(
+            sandboxes, path, converge.extra_vars(specs, sandboxes), args.playbook, args.limit, seen
+        )
+    table = Table(title=f"{args.playbook} in {time.perf_counter() - started:.0f} s")
+    for column in ("host", "role", "ok", "changed"):
+        table.add_column(column)
+    for spec in specs:
+        table.add_row(spec.name, spec.role, str(report.ok.get(spec.name, 0)), str(report.changed.get(spec.name, 0)))
+    Console().print(table)
+    if not report.succeeded:
+        raise SandboxError("; ".join(report.failures))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    sandboxes = Sandboxes()
+    specs = sandboxes.recorded()
+    table = Table(title=f"sandbox hosts in {sandboxes.directory}")
+    for column in ("host", "role", "region", "az", "address", "network namespace"):
+        table.add_column(column)
+    for spec in specs:
+        table.add_row(spec.name, spec.role, spec.region, spec.az, spec.address, spec.netns)
+    Console().print(table)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    removed = Sandboxes().down()
+    if not removed:
+        raise SandboxError("there are no sandbox hosts to remove")
+    print(f"{removed} sandbox hosts removed: their processes, mounts and namespaces are gone")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `bulkhead hosts ...` to the command line."""
+    hosts = commands.add_parser(
+        "hosts",
+        help="real hosts for the local cloud's instances (network namespaces + root overlays), configured by Ansible",
+        description="Each local-cloud instance with a role becomes a sandbox host: its own network namespace with "
+        "the instance's private address, and its own overlay of the root filesystem. State: .bulkhead/hosts/.",
+    )
+    verbs = hosts.add_subparsers(dest="verb", required=True, metavar="VERB")
+    up = verbs.add_parser("up", help="make a sandbox for each instance of a region in the local cloud")
+    up.add_argument("--region", default="eu-west-1", help="region stack whose instances get sandboxes")
+    up.set_defaults(handler=cmd_up)
+    configure = verbs.add_parser("configure", help="run the Ansible playbooks against the sandboxes")
+    configure.add_argument("--limit", help="an Ansible host pattern, e.g. role_router")
+    configure.add_argument("--playbook", default="site.yml", help="playbook under roles/ (default site.yml)")
+    configure.set_defaults(handler=cmd_configure)
+    verbs.add_parser("list", help="show the sandbox hosts").set_defaults(handler=cmd_list)
+    verbs.add_parser("down", help="remove every sandbox, mount and namespace").set_defaults(handler=cmd_down)

@@ -1,0 +1,105 @@
+"""Run the playbooks against the sandbox hosts through ansible-runner, and say what happened per host."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ansible_runner
+
+from bulkhead import topology
+from bulkhead.hosts.sandbox import HostSpec, Sandboxes
+from bulkhead.localcloud import server
+from bulkhead.localcloud.state import Store
+from bulkhead.stack_runner import PROJECT_DIR
+
+ROLES_DIR = PROJECT_DIR / "roles"
+
+
+@dataclass
+class Converged:
+    """What one playbook run did, per host."""
+
+    ok: dict[str, int] = field(default_factory=dict)
+    changed: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.failures
+
+
+def extra_vars(specs: list[HostSpec], sandboxes: Sandboxes, store: Store | None = None) -> dict:
+    """What the local cloud tells the roles: the VPC's networks, the controller's bulkhead, the archive."""
+    networks = sorted(
+        {
+            str(ipaddress.ip_network(topology.read_stack_config(PROJECT_DIR, s.region)["bulkhead:vpcCidr"]))
+            for s in specs
+        }
+    )
+    info = server.running((store or Store()).directory)
+    return {
+        "postgres_allowed_networks": networks,
+        "postgres_bulkhead_cli": str(Path(sys.prefix) / "bin" / "bulkhead"),
+        "postgres_archive_endpoint_url": info.endpoint if info else "",
+        "bulkhead_secrets_dir": str(sandboxes.directory / "secrets"),
+        # Sandboxes share this machine's clock: configure chrony, never let it steer the clock.
+        "common_time_sync_start": False,
+    }
+
+
+def converge(
+    sandboxes: Sandboxes,
+    inventory_path: Path,
+    extra: dict,
+    playbook: str = "site.yml",
+    limit: str | None = None,
+    on_event: Callable[[str, str, str], None] | None = None,
+) -> Converged:
+    """Run `roles/<playbook>`; `on_event(host, task, outcome)` sees each task result as it happens."""
+    report = Converged()
+    tasks: dict[str, str] = {}
+
+    def handle(event: dict) -> bool:
+        data = event.get("event_data", {})
+        kind = event.get("event", "")
+        if kind == "playbook_on_task_start":
+            tasks[data.get("task_uuid", "")] = data.get("task", "")
+        host, task = data.get("host", ""), data.get("task", "")
+        if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            result = data.get("res", {})
+            message = str(result.get("msg") or result.get("stderr") or "failed").strip().splitlines()
+            what = "is unreachable" if kind == "runner_on_unreachable" else f"failed at '{task}'"
+            report.failures.append(f"host {host} {what}: {message[-1] if message else ''}")
+        if on_event and kind.startswith("runner_on_"):
+            on_event(host, task, kind.removeprefix("runner_on_"))
+        return True
+
+    private = sandboxes.directory / "runner"
+    private.mkdir(parents=True, exist_ok=True)
+    result = ansible_runner.run(
+        private_data_dir=str(private),
+        playbook=str(ROLES_DIR / playbook),
+        inventory=str(inventory_path),
+        limit=limit,
+        extravars=extra,
+        quiet=True,
+        event_handler=handle,
+        envvars={
+            "PATH": f"{Path(sys.prefix) / 'bin'}:{os.environ.get('PATH', '')}",
+            "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
+            "ANSIBLE_FORKS": "8",
+            "ANSIBLE_NOCOLOR": "1",
+        },
+    )
+    stats = result.stats or {}
+    report.ok = dict(stats.get("ok", {}))
+    report.changed = dict(stats.get("changed", {}))
+    if result.rc != 0 and not report.failures:
+        report.failures.append(f"ansible-playbook exited {result.rc}: {result.stdout.read().strip().splitlines()[-1:]}")
+    return report

@@ -1,0 +1,225 @@
+"""Sandbox hosts: each local-cloud instance that must run something, as a real, isolated host.
+
+A sandbox is a network namespace holding the instance's own private address (the one the local cloud
+gave it), joined to its region's other sandboxes through a bridge in a "fabric" namespace (the VPC),
+and an overlay of the root filesystem, so that what a role installs or writes stays in the sandbox.
+supervisord runs inside as the sandbox's init. Nothing here touches the machine's own network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bulkhead.stack_runner import PROJECT_DIR
+
+log = logging.getLogger("bulkhead.hosts")
+CHROOT_WRAPPER = """#!/bin/sh
+# chroot for Ansible's chroot connection: also enter the sandbox's network namespace.
+root="$1"
+exec ip netns exec "$(cat "$(dirname "$root")/netns")" chroot "$@"
+"""
+
+
+class SandboxError(RuntimeError):
+    """A sandbox could not be made or removed; the message names the host and the fix."""
+
+
+def hosts_dir() -> Path:
+    """`.bulkhead/hosts` at the project root, or `$BULKHEAD_HOSTS_DIR`."""
+    return Path(os.environ.get("BULKHEAD_HOSTS_DIR") or PROJECT_DIR / ".bulkhead" / "hosts")
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One instance to give a sandbox: who it is, where, and its address in the VPC."""
+
+    name: str
+    role: str
+    region: str
+    az: str
+    address: str
+    prefix_length: int
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str:
+        return hashlib.sha256(self.name.encode()).hexdigest()[:8]
+
+    @property
+    def netns(self) -> str:
+        return f"bh-{self.token}"
+
+
+def fabric_netns(region: str) -> str:
+    return f"bhf-{hashlib.sha256(region.encode()).hexdigest()[:8]}"
+
+
+def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    if check and result.returncode != 0:
+        raise SandboxError(
+            f"`{' '.join(command)}` failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}"
+        )
+    return result
+
+
+class Sandboxes:
+    """The sandboxes of this machine, recorded in `hosts.json` so that `down` finds every one."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory or hosts_dir()
+        self.record = self.directory / "hosts.json"
+
+    # --- the record ---
+
+    def recorded(self) -> list[HostSpec]:
+        if not self.record.exists():
+            return []
+        return [HostSpec(**entry) for entry in json.loads(self.record.read_text())]
+
+    def _save(self, specs: list[HostSpec]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = self.record.with_suffix(".tmp")
+        temporary.write_text(json.dumps([asdict(s) for s in specs], indent=2))
+        os.replace(temporary, self.record)
+
+    def root(self, spec: HostSpec) -> Path:
+        return self.directory / spec.name / "root"
+
+    @property
+    def chroot_wrapper(self) -> Path:
+        return self.directory / "sandbox-chroot"
+
+    # --- up ---
+
+    def up(self, specs: list[HostSpec]) -> list[HostSpec]:
+        """Make a sandbox for each spec not yet made; returns the ones made now."""
+        have = {s.name for s in self.recorded()}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.chroot_wrapper.write_text(CHROOT_WRAPPER)
+        self.chroot_wrapper.chmod(0o755)
+        made = []
+        for spec in specs:
+            if spec.name in have:
+                continue
+            # Recorded before it is made: a failure half-way is still found and removed by `down`.
+            self._save([*self.recorded(), spec])
+            try:
+                self._make(spec)
+            except SandboxError:
+                self._remove(spec)
+                self._save([s for s in self.recorded() if s.name != spec.name])
+                raise
+            made.append(spec)
+            log.info("sandbox up", extra={"host": spec.name, "role": spec.role, "address": spec.address})
+        return made
+
+    def _make(self, spec: HostSpec) -> None:
+        base = self.directory / spec.name
+        layers, root = base / "layers", base / "root"
+        for path in (layers, root):
+            path.mkdir(parents=True, exist_ok=True)
+        (base / "netns").write_text(spec.netns)
+        # The overlay's upper layer lives on a tmpfs: it may not sit inside its own lower layer, "/".
+        _run("mount", "-t", "tmpfs", "-o", "size=2g,mode=0755", f"bh-{spec.token}", str(layers))
+        (layers / "upper").mkdir()
+        (layers / "work").mkdir()
+        _run("mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir=/,upperdir={layers / 'upper'},workdir={layers / 'work'}", str(root))  # fmt: skip
+        _run("mount", "-t", "proc", "proc", str(root / "proc"))
+        _run("mount", "--rbind", "/dev", str(root / "dev"))
+        _run("mount", "--make-rslave", str(root / "dev"))
+        for scratch in ("tmp", "run"):
+            _run(
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                "mode=1777" if scratch == "tmp" else "mode=0755",
+                scratch,
+                str(root / scratch),
+            )
+        (root / "etc" / "hostname").write_text(spec.name + "\n")
+        self._network(spec)
+        self._start_init(spec)
+
+    def _network(self, spec: HostSpec) -> None:
+        fabric = fabric_netns(spec.region)
+        if fabric not in _run("ip", "netns", "list").stdout.split():
+            _run("ip", "netns", "add", fabric)
+            _run("ip", "-n", fabric, "link", "add", "br0", "type", "bridge")
+            _run("ip", "-n", fabric, "link", "set", "br0", "up")
+        _run("ip", "netns", "add", spec.netns)
+        _run("ip", "-n", spec.netns, "link", "set", "lo", "up")
+        outer = f"v{spec.token}"
+        _run("ip", "-n", spec.netns, "link", "add", "eth0", "type", "veth", "peer", "name", outer, "netns", fabric)
+        _run("ip", "-n", fabric, "link", "set", outer, "master", "br0", "up")
+        _run("ip", "-n", spec.netns, "addr", "add", f"{spec.address}/{spec.prefix_length}", "dev", "eth0")
+        _run("ip", "-n", spec.netns, "link", "set", "eth0", "up")
+
+    def _start_init(self, spec: HostSpec) -> None:
+        root = self.root(spec)
+        _run("ip", "netns", "exec", spec.netns, "chroot", str(root), "/usr/bin/supervisord", "-c",
+             "/etc/supervisor/supervisord.conf")  # fmt: skip
+        deadline = time.monotonic() + 15
+        while not (root / "run" / "supervisor.sock").exists():
+            if time.monotonic() > deadline:
+                raise SandboxError(f"host {spec.name}: supervisord did not start; see {root}/var/log/supervisor/")
+            time.sleep(0.1)
+
+    # --- down ---
+
+    def down(self) -> int:
+        """Remove every recorded sandbox: processes, mounts, namespaces, files. Returns how many."""
+        specs = self.recorded()
+        for spec in specs:
+            self._remove(spec)
+        for region in {s.region for s in specs}:
+            _run("ip", "netns", "del", fabric_netns(region), check=False)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        return len(specs)
+
+    def _remove(self, spec: HostSpec) -> None:
+        root = self.root(spec)
+        self._kill_inside(spec, root)
+        for mount in sorted(_mounts_under(self.directory / spec.name), key=len, reverse=True):
+            _run("umount", "-l", mount, check=False)
+        _run("ip", "netns", "del", spec.netns, check=False)
+        shutil.rmtree(self.directory / spec.name, ignore_errors=True)
+
+    @staticmethod
+    def _kill_inside(spec: HostSpec, root: Path) -> None:
+        """Every process of the sandbox: in its namespace, or running from its root."""
+        pids = set(_run("ip", "netns", "pids", spec.netns, check=False).stdout.split())
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.readlink(proc / "root") == str(root):
+                        pids.add(proc.name)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while pids and time.monotonic() < deadline:
+            pids = {p for p in pids if Path(f"/proc/{p}").exists()}
+            time.sleep(0.05)
+
+
+def _mounts_under(directory: Path) -> list[str]:
+    prefix = str(directory.resolve())
+    mounts = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        target = line.split()[1].encode().decode("unicode_escape")
+        if target == prefix or target.startswith(prefix + "/"):
+            mounts.append(target)
+    return mounts
