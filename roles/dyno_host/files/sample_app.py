@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - the http.server method name
+    def do_GET(self):
         body = json.dumps({"app": os.environ["APP_NAME"], "host": os.environ["BULKHEAD_HOST"],
                            "az": os.environ["BULKHEAD_AZ"], "path": self.path}).encode()  # fmt: skip
         self.send_response(200)
@@ -18,7 +18,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format, *args):  # noqa: A002 - the http.server signature
+    def log_message(self, format, *args):
         entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": "request",
                  "client": self.client_address[0], "line": format % args}  # fmt: skip
         sys.stdout.write(json.dumps(entry) + "\n")
