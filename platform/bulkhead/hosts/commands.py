@@ -51,6 +51,40 @@ def cmd_configure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_smoke(args: argparse.Namespace) -> int:
+    """Show the configured platform working: HTTP through a router, a row through replication."""
+    sandboxes = Sandboxes()
+    specs = sandboxes.recorded()
+    routers = [s for s in specs if s.role == "router"]
+    primaries = [s for s in specs if s.tags.get("bulkhead:postgres") == "primary"]
+    standbys = [s for s in specs if s.tags.get("bulkhead:postgres") == "standby"]
+    if not routers or not primaries or not standbys:
+        raise SandboxError("smoke needs a router, a primary and a standby; run `bulkhead hosts up` and `configure`")
+    router = routers[0]
+    answer = sandboxes.run(router, "curl", "-sfk", f"https://{router.address}/")
+    if answer.returncode != 0:
+        raise SandboxError(
+            f"router {router.name} did not answer on https://{router.address}/; run `bulkhead hosts configure`"
+        )
+    print(f"GET https://{router.address}/ on router {router.name} ({router.az}) -> {answer.stdout.strip()}")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    psql = ["runuser", "-u", "postgres", "--", "psql", "-h", "/var/run/postgresql", "-v", "ON_ERROR_STOP=1", "-tAc"]
+    written = sandboxes.run(primaries[0], *psql, "CREATE TABLE IF NOT EXISTS smoke (at text); "
+                            f"INSERT INTO smoke VALUES ('{stamp}') RETURNING at")  # fmt: skip
+    if written.returncode != 0:
+        raise SandboxError(f"primary {primaries[0].name} refused the write: {written.stderr.strip()}")
+    for _ in range(50):
+        read = sandboxes.run(standbys[0], *psql, f"SELECT at FROM smoke WHERE at = '{stamp}'")
+        if read.stdout.strip() == stamp:
+            break
+        time.sleep(0.2)
+    else:
+        raise SandboxError(f"the row written on {primaries[0].name} did not reach standby {standbys[0].name}")
+    print(f"row {stamp!r} written on primary {primaries[0].name} ({primaries[0].az}), "
+          f"read on standby {standbys[0].name} ({standbys[0].az})")  # fmt: skip
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     sandboxes = Sandboxes()
     specs = sandboxes.recorded()
@@ -88,4 +122,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     configure.add_argument("--playbook", default="site.yml", help="playbook under roles/ (default site.yml)")
     configure.set_defaults(handler=cmd_configure)
     verbs.add_parser("list", help="show the sandbox hosts").set_defaults(handler=cmd_list)
+    verbs.add_parser(
+        "smoke", help="an HTTP request through a router, and a row from the primary read on the standby"
+    ).set_defaults(handler=cmd_smoke)
     verbs.add_parser("down", help="remove every sandbox, mount and namespace").set_defaults(handler=cmd_down)

@@ -102,8 +102,23 @@ class Sandboxes:
 
     # --- up ---
 
+    def alive(self, spec: HostSpec) -> bool:
+        """Its overlay is mounted and its namespace exists (neither survives a reboot)."""
+        return os.path.ismount(self.root(spec)) and spec.netns in _run("ip", "netns", "list").stdout.split()
+
+    def run(self, spec: HostSpec, *command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run a command inside a sandbox, as Ansible's connection does."""
+        return subprocess.run(
+            [str(self.chroot_wrapper), str(self.root(spec)), *command],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
     def up(self, specs: list[HostSpec]) -> list[HostSpec]:
-        """Make a sandbox for each spec not yet made; returns the ones made now."""
+        """Make a sandbox for each spec not yet made (or made and since lost); returns the ones made now."""
+        for stale in [s for s in self.recorded() if not self.alive(s)]:
+            log.warning("sandbox lost; making it again", extra={"host": stale.name})
+            self._remove(stale)
+            self._save([s for s in self.recorded() if s.name != stale.name])
         have = {s.name for s in self.recorded()}
         self.directory.mkdir(parents=True, exist_ok=True)
         self.chroot_wrapper.write_text(CHROOT_WRAPPER)

@@ -1,0 +1,72 @@
+"""Benchmark: making and configuring 3 and 6 sandbox hosts, first run and a no-change re-run.
+
+Run: .venv/bin/python benchmarks/converge.py
+Hosts come from eu-west-1 in a fresh local cloud: 3 = a PostgreSQL primary, a dyno host and a router;
+6 = primary and standby, two dyno hosts, two routers. Baseline: the first run of 3 hosts (the table
+gives each row's ratio to it).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bulkhead.hosts import converge, inventory
+from bulkhead.hosts.sandbox import Sandboxes
+from bulkhead.localcloud import cloud, server
+from bulkhead.localcloud.state import Store
+
+REGION = "eu-west-1"
+
+
+def _pick(specs, count: int):
+    by_role = {role: [s for s in specs if s.role == role] for role in ("postgres", "dyno_host", "router")}
+    primary = [s for s in by_role["postgres"] if s.tags.get("bulkhead:postgres") == "primary"]
+    standby = [s for s in by_role["postgres"] if s.tags.get("bulkhead:postgres") == "standby"]
+    if count == 3:
+        return primary + by_role["dyno_host"][:1] + by_role["router"][:1]
+    return primary + standby + by_role["dyno_host"][:2] + by_role["router"][:2]
+
+
+def main() -> None:
+    base = Path(tempfile.mkdtemp(prefix="bulkhead-bench-converge-"))
+    store = Store(base / "local")
+    rows = []
+    try:
+        cloud.up([REGION], store)
+        specs = inventory.local_hosts(REGION, store)
+        for count in (3, 6):
+            sandboxes = Sandboxes(base / f"hosts-{count}")
+            chosen = _pick(specs, count)
+            started = time.perf_counter()
+            sandboxes.up(chosen)
+            made = time.perf_counter() - started
+            path = inventory.write_inventory(chosen, sandboxes)
+            extra = converge.extra_vars(chosen, sandboxes, store)
+            for label in ("first run", "no-change re-run"):
+                started = time.perf_counter()
+                report = converge.converge(sandboxes, path, extra)
+                seconds = time.perf_counter() - started
+                if not report.succeeded:
+                    raise SystemExit("; ".join(report.failures))
+                rows.append(
+                    (count, label, made if label == "first run" else 0.0, seconds, sum(report.changed.values()))
+                )
+            sandboxes.down()
+    finally:
+        server.stop(store.directory)
+    baseline = rows[0][3]
+    table = Table(title="sandbox hosts: make and configure (roles/site.yml)")
+    for column in ("hosts", "run", "make sandboxes (s)", "configure (s)", "changed tasks", "ratio to 3-host first run"):
+        table.add_column(column, justify="right")
+    for count, label, made, seconds, changed in rows:
+        table.add_row(str(count), label, f"{made:.1f}", f"{seconds:.1f}", str(changed), f"{seconds / baseline:.2f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
