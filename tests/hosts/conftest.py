@@ -52,7 +52,7 @@ def site(tmp_path_factory):
         everything = inventory.local_hosts(REGION, store)
         # Both databases, a dyno host in every AZ, one router: every check, fewer hosts to converge.
         specs = [s for s in everything if s.role != "router"] + [s for s in everything if s.role == "router"][:1]
-        sandboxes.up(specs)
+        sandboxes.up(specs, s3_port=server.running(store.directory).port)
         path = inventory.write_inventory(specs, sandboxes)
         first = converge.converge(sandboxes, path, converge.extra_vars(specs, sandboxes, store))
         assert first.succeeded, first.failures

@@ -6,8 +6,10 @@ import contextlib
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
 
@@ -50,6 +52,25 @@ def test_postgres__archive_command_is_the_one_bulkhead_db_defines(site):
     expected = archive_command(Archive(f"s3://bulkhead-{primary.region}-archive", f"pg-{primary.region}", endpoint))
     assert _psql(site.host(primary), "SHOW archive_command") == expected
     assert _psql(site.host(primary), "SHOW archive_mode") == "on"
+
+
+def test_postgres__the_primary_archives_its_wal_into_the_local_clouds_bucket(site):
+    (primary,) = site.of_role("postgres", postgres="primary")
+    host = site.host(primary)
+    _psql(host, "CREATE TABLE IF NOT EXISTS archived (v int); INSERT INTO archived VALUES (1)")
+    segment = _psql(host, "SELECT pg_walfile_name(pg_switch_wal())")
+    for _ in range(100):
+        archived, failed = _psql(host, "SELECT archived_count, failed_count FROM pg_stat_archiver").split("|")
+        if int(archived) > 0 and _psql(host, "SELECT last_archived_wal FROM pg_stat_archiver") >= segment:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"{segment} was not archived (archived {archived}, failed {failed}); see the PostgreSQL log")
+    info = server.running(site.store.directory)
+    s3 = boto3.client("s3", endpoint_url=info.endpoint, region_name=primary.region,
+                      aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=f"bulkhead-{primary.region}-archive").get("Contents", [])]
+    assert any(key.startswith(f"pg-{primary.region}/wals/") and segment in key for key in keys)
 
 
 def test_router__answers_on_80_and_443_and_reaches_apps_in_other_azs(site):

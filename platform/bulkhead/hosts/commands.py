@@ -10,13 +10,16 @@ from rich.table import Table
 
 from bulkhead.hosts import converge, inventory
 from bulkhead.hosts.sandbox import SandboxError, Sandboxes
+from bulkhead.localcloud import server
+from bulkhead.localcloud.state import Store
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     sandboxes = Sandboxes()
     specs = inventory.local_hosts(args.region)
+    info = server.running(Store().directory)
     with Console(stderr=True).status(f"making {len(specs)} sandbox hosts"):
-        made = sandboxes.up(specs)
+        made = sandboxes.up(specs, s3_port=info.port if info else None)
     inventory.write_inventory(sandboxes.recorded(), sandboxes)
     print(f"{len(made)} sandbox hosts made, {len(specs) - len(made)} already there")
     return cmd_list(args)

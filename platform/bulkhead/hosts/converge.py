@@ -47,6 +47,12 @@ def extra_vars(specs: list[HostSpec], sandboxes: Sandboxes, store: Store | None 
         "postgres_allowed_networks": networks,
         "postgres_bulkhead_cli": str(Path(sys.prefix) / "bin" / "bulkhead"),
         "postgres_archive_endpoint_url": info.endpoint if info else "",
+        # The local cloud takes any credentials; on AWS the instance role provides them instead.
+        "postgres_environment": {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": specs[0].region if specs else "us-east-1",
+        },
         "bulkhead_secrets_dir": str(sandboxes.directory / "secrets"),
         # Sandboxes share this machine's clock: configure chrony, never let it steer the clock.
         "common_time_sync_start": False,

@@ -113,8 +113,12 @@ class Sandboxes:
             capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
 
-    def up(self, specs: list[HostSpec]) -> list[HostSpec]:
-        """Make a sandbox for each spec not yet made (or made and since lost); returns the ones made now."""
+    def up(self, specs: list[HostSpec], s3_port: int | None = None) -> list[HostSpec]:
+        """Make a sandbox for each spec not yet made (or made and since lost); returns the ones made now.
+
+        With `s3_port`, each sandbox reaches the local cloud's S3 at 127.0.0.1:`s3_port`, as a VPC's hosts
+        reach S3 through its gateway endpoint.
+        """
         for stale in [s for s in self.recorded() if not self.alive(s)]:
             log.warning("sandbox lost; making it again", extra={"host": stale.name})
             self._remove(stale)
@@ -130,7 +134,7 @@ class Sandboxes:
             # Recorded before it is made: a failure half-way is still found and removed by `down`.
             self._save([*self.recorded(), spec])
             try:
-                self._make(spec)
+                self._make(spec, s3_port)
             except SandboxError:
                 self._remove(spec)
                 self._save([s for s in self.recorded() if s.name != spec.name])
@@ -139,7 +143,7 @@ class Sandboxes:
             log.info("sandbox up", extra={"host": spec.name, "role": spec.role, "address": spec.address})
         return made
 
-    def _make(self, spec: HostSpec) -> None:
+    def _make(self, spec: HostSpec, s3_port: int | None) -> None:
         base = self.directory / spec.name
         layers, root = base / "layers", base / "root"
         for path in (layers, root):
@@ -166,6 +170,8 @@ class Sandboxes:
             )
         (root / "etc" / "hostname").write_text(spec.name + "\n")
         self._network(spec)
+        if s3_port:
+            self._s3_endpoint(spec, s3_port)
         self._start_init(spec)
 
     def _network(self, spec: HostSpec) -> None:
@@ -181,6 +187,27 @@ class Sandboxes:
         _run("ip", "-n", fabric, "link", "set", outer, "master", "br0", "up")
         _run("ip", "-n", spec.netns, "addr", "add", f"{spec.address}/{spec.prefix_length}", "dev", "eth0")
         _run("ip", "-n", spec.netns, "link", "set", "eth0", "up")
+
+    def _s3_endpoint(self, spec: HostSpec, port: int) -> None:
+        """Relay 127.0.0.1:port inside the sandbox to the moto server on this machine's loopback.
+
+        The two halves meet at a unix socket in the sandbox's /run: traffic never leaves this machine
+        and the sandbox's network namespace stays without any route out.
+        """
+        root, base = self.root(spec), self.directory / spec.name
+        socket_path = root / "run" / "bulkhead-s3.sock"
+        relay = subprocess.Popen(
+            ["socat", f"UNIX-LISTEN:{socket_path},fork,mode=0666", f"TCP:127.0.0.1:{port}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        (base / "s3-relay.pid").write_text(str(relay.pid))
+        (root / "etc" / "supervisor" / "conf.d" / "s3-endpoint.conf").write_text(
+            "; The local cloud's S3, as a VPC gateway endpoint would provide it (written by bulkhead hosts up).\n"
+            "[program:s3-endpoint]\n"
+            f"command=/usr/bin/socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr "
+            "UNIX-CONNECT:/run/bulkhead-s3.sock\n"
+            "autorestart=true\n"
+        )
 
     def _start_init(self, spec: HostSpec) -> None:
         root = self.root(spec)
@@ -206,6 +233,10 @@ class Sandboxes:
 
     def _remove(self, spec: HostSpec) -> None:
         root = self.root(spec)
+        relay = self.directory / spec.name / "s3-relay.pid"
+        if relay.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.killpg(int(relay.read_text()), signal.SIGKILL)
         self._kill_inside(spec, root)
         for mount in sorted(_mounts_under(self.directory / spec.name), key=len, reverse=True):
             _run("umount", "-l", mount, check=False)

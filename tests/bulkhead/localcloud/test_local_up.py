@@ -146,3 +146,15 @@ def test_up__status_site_lives_in_the_status_account_and_region_only(deployed):
     platform_buckets = [b["Name"] for b in clients("s3", "us-east-1").list_buckets()["Buckets"]]
     assert bucket not in platform_buckets
     assert clients("cloudfront", "us-east-1").list_distributions()["DistributionList"].get("Quantity", 0) == 0
+
+
+def test_up__archive_accepts_objects_though_moto_cannot_evaluate_the_tls_condition(deployed):
+    """moto ignores policy conditions: the TLS-only Deny stays declared but is not installed locally."""
+    store, clients, reports = deployed
+    s3 = clients("s3", "us-east-1")
+    bucket = reports["us-east-1"].outputs["archiveBucket"]
+    s3.put_object(Bucket=bucket, Key="pg-us-east-1/probe", Body=b"x")
+    assert s3.get_object(Bucket=bucket, Key="pg-us-east-1/probe")["Body"].read() == b"x"
+    (policy,) = [r for r in store.load("us-east-1").resources.values() if r.type == "aws:s3/bucketPolicy:BucketPolicy"
+                 and r.inputs["bucket"] == bucket]  # fmt: skip
+    assert "aws:SecureTransport" in policy.inputs["policy"] and policy.state["enforcedLocally"] == ""

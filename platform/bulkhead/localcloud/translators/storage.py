@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 from bulkhead.localcloud.translators import Inputs, State, Target, aws_tags, register
+
+log = logging.getLogger("bulkhead.local")
 
 
 def _bucket(target: Target, inputs: Inputs) -> tuple[str, State]:
@@ -83,12 +88,39 @@ register(
 )
 
 
+def enforceable_policy(policy: str) -> tuple[str | None, list[str]]:
+    """The statements moto can evaluate faithfully, and the Sids of those it cannot.
+
+    moto checks bucket policies on object requests but ignores their Condition blocks (its IAM code
+    says so), so a conditional Deny, such as "deny unless TLS", would deny every request. Such
+    statements are left out of what moto enforces; the policy tests prove them under mocks instead.
+    """
+    document = json.loads(policy)
+    kept = [st for st in document.get("Statement", []) if "Condition" not in st]
+    skipped = [
+        st.get("Sid", f"statement {i}") for i, st in enumerate(document.get("Statement", [])) if "Condition" in st
+    ]
+    return (json.dumps({**document, "Statement": kept}) if kept else None), skipped
+
+
 def _policy(target: Target, inputs: Inputs) -> tuple[str, State]:
-    target.client("s3").put_bucket_policy(Bucket=inputs["bucket"], Policy=inputs["policy"])
-    return inputs["bucket"], dict(inputs)
+    enforced, skipped = enforceable_policy(inputs["policy"])
+    if skipped:
+        log.warning(
+            "bucket policy statements not enforced by the local cloud (moto ignores conditions)",
+            extra={"bucket": inputs["bucket"], "statements": skipped},
+        )
+    if enforced:
+        target.client("s3").put_bucket_policy(Bucket=inputs["bucket"], Policy=enforced)
+    # The state keeps the policy as declared: that is what a real deployment enforces.
+    return inputs["bucket"], {**inputs, "enforcedLocally": enforced or ""}
 
 
-register("aws:s3/bucketPolicy:BucketPolicy", _policy, lambda t, i, s: t.client("s3").delete_bucket_policy(Bucket=i))
+register(
+    "aws:s3/bucketPolicy:BucketPolicy",
+    _policy,
+    lambda t, i, s: t.client("s3").delete_bucket_policy(Bucket=i) if s.get("enforcedLocally") else None,
+)
 
 
 def _prefix(rule: Inputs) -> str:
