@@ -106,7 +106,7 @@ def enforceable_policy(policy: str) -> tuple[str | None, list[str]]:
 def _policy(target: Target, inputs: Inputs) -> tuple[str, State]:
     enforced, skipped = enforceable_policy(inputs["policy"])
     if skipped:
-        log.warning(
+        log.info(
             "bucket policy statements not enforced by the local cloud (moto ignores conditions)",
             extra={"bucket": inputs["bucket"], "statements": skipped},
         )
