@@ -60,8 +60,9 @@ class HostSpec:
         return f"bh-{self.token}"
 
 
-def fabric_netns(region: str) -> str:
-    return f"bhf-{hashlib.sha256(region.encode()).hexdigest()[:8]}"
+def fabric_netns(region: str, directory: Path) -> str:
+    """The namespace bridging one region's sandboxes; one per set of sandboxes, so sets never share it."""
+    return f"bhf-{hashlib.sha256(f'{directory.resolve()}:{region}'.encode()).hexdigest()[:8]}"
 
 
 def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -175,7 +176,7 @@ class Sandboxes:
         self._start_init(spec)
 
     def _network(self, spec: HostSpec) -> None:
-        fabric = fabric_netns(spec.region)
+        fabric = fabric_netns(spec.region, self.directory)
         if fabric not in _run("ip", "netns", "list").stdout.split():
             _run("ip", "netns", "add", fabric)
             _run("ip", "-n", fabric, "link", "add", "br0", "type", "bridge")
@@ -227,7 +228,7 @@ class Sandboxes:
         for spec in specs:
             self._remove(spec)
         for region in {s.region for s in specs}:
-            _run("ip", "netns", "del", fabric_netns(region), check=False)
+            _run("ip", "netns", "del", fabric_netns(region, self.directory), check=False)
         shutil.rmtree(self.directory, ignore_errors=True)
         return len(specs)
 
