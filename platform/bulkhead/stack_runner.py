@@ -65,13 +65,6 @@ class StackRun:
         """The resources of one type token, e.g. `aws:ec2/subnet:Subnet`, in declaration order."""
         return [r for r in self.resources if r.type == type_token]
 
-    def by_urn(self, urn: str) -> DeclaredResource:
-        """The resource with this URN."""
-        for resource in self.resources:
-            if resource.urn == urn:
-                return resource
-        raise KeyError(urn)
-
     def children_of(self, parent: DeclaredResource) -> list[DeclaredResource]:
         """The resources declared with `parent` as their parent."""
         return [r for r in self.resources if r.parent == parent.urn]
