@@ -98,7 +98,7 @@ def region_stack(spec: topology.RegionSpec) -> None:
             region=spec.region,
             partner_region=spec.partner_region,
             server=spec.database_server,
-            bucket_prefix=spec.name,
+            archive_bucket=spec.archive_bucket,
             vpc_id=network.vpc_id,
             primary_az=spec.availability_zones[0],
             standby_az=spec.availability_zones[1],

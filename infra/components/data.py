@@ -26,7 +26,7 @@ class PostgresArgs:
     region: str
     partner_region: str
     server: str
-    bucket_prefix: str
+    archive_bucket: str
     vpc_id: pulumi.Input[str]
     primary_az: str
     standby_az: str
@@ -51,8 +51,8 @@ class Postgres(pulumi.ComponentResource):
         super().__init__("bulkhead:data:Postgres", name, None, opts)
         self._args = args
         partner = aws.Provider(f"{name}-partner", region=args.partner_region, opts=pulumi.ResourceOptions(parent=self))
-        archive, archive_versioning = self._secure_bucket(f"{args.bucket_prefix}-archive", None)
-        replica, replica_versioning = self._secure_bucket(f"{args.bucket_prefix}-archive-replica", partner)
+        archive, archive_versioning = self._secure_bucket(args.archive_bucket, None)
+        replica, replica_versioning = self._secure_bucket(f"{args.archive_bucket}-replica", partner)
         self._replicate(name, archive, replica, depends_on=[archive_versioning, replica_versioning])
         group = aws.ec2.SecurityGroup(
             name,
@@ -246,7 +246,7 @@ class Postgres(pulumi.ComponentResource):
             "bulkhead_region": args.region,
             "postgres_replication_role": replication_role,
             "postgres_server_name": args.server,
-            "postgres_archive_bucket": f"{args.bucket_prefix}-archive",
+            "postgres_archive_bucket": args.archive_bucket,
         }
         return aws.ec2.Instance(
             name,

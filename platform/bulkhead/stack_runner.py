@@ -201,8 +201,6 @@ def _settle(timeout: float = 30.0) -> None:
     pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
     if pending:
         loop.run_until_complete(asyncio.wait(pending, timeout=timeout))
-    SETTINGS.rpc_manager.clear()
-    SETTINGS.outputs.clear()
 
 
 def reference_stack_name(reference: str) -> str:

@@ -85,6 +85,11 @@ class RegionSpec:
         return f"bulkhead-{self.region}"
 
     @property
+    def archive_bucket(self) -> str:
+        """The WAL archive bucket; its copy in the partner region adds `-replica`."""
+        return f"{self.name}-archive"
+
+    @property
     def database_server(self) -> str:
         """The barman server name, which is also the archive prefix the database role may write."""
         return f"pg-{self.region}"

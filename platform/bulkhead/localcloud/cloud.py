@@ -53,7 +53,7 @@ def up(
     store: Store,
     port: int | None = None,
     on_resource: Progress | None = None,
-    on_plan: Callable[[dict[str, int]], None] | None = None,
+    on_start: Callable[[dict[str, int]], None] | None = None,
     project_dir: Path = stack_runner.PROJECT_DIR,
 ) -> tuple[server.ServerInfo, list[StackReport]]:
     """Deploy `stacks` (in deployment order) into the local cloud; returns what changed per stack.
@@ -61,9 +61,9 @@ def up(
     Every stack is validated first, with nothing created: a bad config anywhere changes nothing.
     """
     validate(stacks, store, project_dir)
-    if on_plan:
+    if on_start:
         # What each stack held last time: the progress bar's total (unknown on a first run).
-        on_plan({s: len(store.load(s).resources) for s in stacks})
+        on_start({s: len(store.load(s).resources) for s in stacks})
     info = ensure_server(store, port)
     aws = LocalAws(info.endpoint)
 

@@ -27,14 +27,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     ) as progress:  # fmt: skip
         task = progress.add_task("validating stacks", total=None)
 
-        def planned(counts: dict[str, int]) -> None:
+        def started(counts: dict[str, int]) -> None:
             progress.update(task, description="deploying", total=sum(counts.values()) or None, completed=0)
 
         def advanced(stack: str, urn: str, action: str) -> None:
             if action != "deleted":
                 progress.update(task, description=f"stack {stack}", advance=1)
 
-        info, reports = cloud.up(stacks, store, args.port, on_resource=advanced, on_plan=planned)
+        info, reports = cloud.up(stacks, store, args.port, on_resource=advanced, on_start=started)
     table = Table(title=f"local cloud at {info.endpoint}")
     for column in ("stack", "created", "updated", "replaced", "deleted", "unchanged", "seconds"):
         table.add_column(column, justify="right" if column != "stack" else "left")
