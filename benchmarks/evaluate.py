@@ -8,12 +8,14 @@ through the 1-cell and 4-cell points (a ratio of 1.00 at 16 cells means exactly 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from bulkhead import plan, topology
-from bulkhead.stack_runner import PROJECT_DIR
+from bulkhead import plan, project, topology
+
+PROJECT_DIR = project.find(start=Path(__file__).parent)
 
 GOAL_SECONDS = 5.0
 SCALING_STACK = "us-east-1"
@@ -26,9 +28,9 @@ def _custom(run) -> int:
 
 def main() -> None:
     console = Console()
-    plan.evaluate_all(stacks=[SCALING_STACK])  # warm imports so the timings measure evaluation alone
+    plan.evaluate_all(PROJECT_DIR, [SCALING_STACK])  # warm imports so the timings measure evaluation alone
     started = time.perf_counter()
-    runs = plan.evaluate_all()
+    runs = plan.evaluate_all(PROJECT_DIR)
     total = time.perf_counter() - started
     table = Table(title="all stacks, one evaluation each")
     for column in ("stack", "resources", "seconds"):
@@ -45,7 +47,7 @@ def main() -> None:
         timings = []
         for _ in range(3):
             run = plan.evaluate_all(
-                stacks=[SCALING_STACK], configs={SCALING_STACK: {**config, "bulkhead:cells": cells}}
+                PROJECT_DIR, [SCALING_STACK], configs={SCALING_STACK: {**config, "bulkhead:cells": cells}}
             )
             timings.append(run[SCALING_STACK].seconds)
         points[cells] = (_custom(run[SCALING_STACK]), min(timings))

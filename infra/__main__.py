@@ -158,16 +158,17 @@ def global_stack(spec: topology.GlobalSpec) -> None:
 
 def main() -> None:
     stack = pulumi.get_stack()
+    # The other stacks' files, for the checks that span stacks (overlapping VPCs, partner regions).
+    others = topology.StackFiles(PROJECT_DIR)
     try:
         if stack == topology.GLOBAL_STACK:
-            spec = topology.global_spec(read_config(GLOBAL_KEYS), topology.partner_regions(PROJECT_DIR))
-            global_stack(spec)
+            global_stack(topology.global_spec(read_config(GLOBAL_KEYS), others.partner_regions()))
         else:
-            spec = topology.region_spec(stack, read_config(REGION_KEYS), topology.peer_vpc_cidrs(PROJECT_DIR, stack))
-            region_stack(spec)
+            region_stack(topology.region_spec(stack, read_config(REGION_KEYS), others.peer_vpc_cidrs(stack)))
     except topology.ConfigError as error:
-        # RunError prints its one line without a traceback, under the pulumi CLI as under the local cloud.
-        raise pulumi.RunError(str(error)) from None
+        # RunError prints its one line without a traceback, under the pulumi CLI as under the local cloud;
+        # the ConfigError behind it lets an in-process runner keep the error's type.
+        raise pulumi.RunError(str(error)) from error
 
 
 main()

@@ -11,21 +11,19 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from bulkhead import logs, plan, topology
+from bulkhead import logs, plan, project, topology
 from bulkhead.backup import commands as db_commands
-from bulkhead.backup.settings import BackupError
+from bulkhead.errors import EXIT_INTERRUPTED, BulkheadError
 from bulkhead.hosts import commands as hosts_commands
-from bulkhead.hosts.sandbox import SandboxError
 from bulkhead.localcloud import commands as local_commands
-from bulkhead.localcloud.aws import LocalCloudError
-from bulkhead.stack_runner import PROJECT_DIR, StackError
 
 log = logging.getLogger("bulkhead")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Evaluate stacks with invented ids and print what each would create."""
-    runs = plan.evaluate_all(stacks=topology.select_stacks(PROJECT_DIR, args.stacks))
+    project_dir = project.find(args.project)
+    runs = plan.evaluate_all(project_dir, topology.select_stacks(project_dir, args.stacks))
     if args.json:
         print(json.dumps({s: dict(sorted(plan.summarize(r).items())) for s, r in runs.items()}, indent=2))
         return 0
@@ -45,9 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bulkhead",
         description="Deploy and rehearse the recovery of a multi-region Heroku-style platform.",
+        epilog="Exit status: 0 done; 1 the operation failed (one line on stderr says why and what to do); 2 bad "
+        "usage or bad config; 130 interrupted by Ctrl-C, with nothing half-changed.",
     )
     parser.add_argument("--log-json", action="store_true", help="write logs to stderr as one JSON object per line")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    parser.add_argument(
+        "--project",
+        metavar="DIR",
+        help="the Bulkhead checkout (Pulumi.yaml, infra/, roles/) for plan, local and hosts; default: the "
+        "working directory or the nearest one above it with a Pulumi.yaml. The db verbs need none.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     plan_parser = commands.add_parser(
@@ -70,13 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(json_lines=args.log_json, verbose=args.verbose)
     try:
         return args.handler(args)
-    except (topology.ConfigError, StackError, LocalCloudError, BackupError, SandboxError) as error:
+    except BulkheadError as error:
         log.debug("command failed", exc_info=True)
         print(f"bulkhead: error: {error}", file=sys.stderr)
-        return 1
+        return error.exit_code
     except KeyboardInterrupt:
+        # Every operation cleans up on the way out (staging directories, saved state), so this is safe.
         print("bulkhead: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

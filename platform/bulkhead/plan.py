@@ -61,16 +61,19 @@ class PlanMocks(pulumi.runtime.Mocks):
 
 
 def evaluate_all(
-    project_dir: Path = stack_runner.PROJECT_DIR,
+    project_dir: Path,
     stacks: Iterable[str] | None = None,
     configs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, StackRun]:
-    """Evaluate stacks in order (regions, then global), each region's outputs feeding the global stack."""
-    names = list(stacks) if stacks is not None else topology.stack_names(project_dir)
-    order = topology.stack_names(project_dir)
+    """Evaluate stacks in order (regions, then global), each region's outputs feeding the global stack.
+
+    `configs` replaces the config of the stacks it names (tests use it to try other configs).
+    """
+    files = topology.StackFiles(project_dir, configs)
+    names = list(stacks) if stacks is not None else files.names()
     if topology.GLOBAL_STACK in names:
         # The global stack reads region stacks' outputs, as `pulumi up` would find them deployed.
-        names = [s for s in order if s != topology.GLOBAL_STACK] + [topology.GLOBAL_STACK]
+        names = [s for s in files.names() if s != topology.GLOBAL_STACK] + [topology.GLOBAL_STACK]
     runs: dict[str, StackRun] = {}
 
     def reference(name: str) -> Mapping[str, Any]:
@@ -80,7 +83,7 @@ def evaluate_all(
         return runs[stack].outputs
 
     for stack in names:
-        config = (configs or {}).get(stack) or topology.read_stack_config(project_dir, stack)
+        config = files.config(stack)
         mocks = PlanMocks(str(config.get("aws:region", stack)))
         runs[stack] = stack_runner.evaluate_stack(stack, mocks, reference, project_dir, config=config)
     wanted = set(stacks) if stacks is not None else set(runs)

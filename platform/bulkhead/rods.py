@@ -1,6 +1,7 @@
 """Control rods: flags that switch parts of the platform off during an incident (seeds 001, 002).
 
-Each rod is an SSM parameter per region; agents read it, operators flip it with `bulkhead rods set`.
+Each rod is an SSM parameter per region, declared by the region stack at its normal value. Nothing reads
+them yet: the host agents that obey them, and a `bulkhead rods` command to flip them, are still to come.
 """
 
 from __future__ import annotations

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import runpy
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,20 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime import rpc
-from pulumi.runtime.proto import resource_pb2
-from pulumi.runtime.settings import SETTINGS, get_root_resource
-from pulumi.runtime.sync_await import _sync_await
 
-from bulkhead import topology
+from bulkhead import pulumi_sdk, topology
+from bulkhead.errors import BulkheadError
 
 PROJECT = "bulkhead"
-STACK_REFERENCE = "pulumi:pulumi:StackReference"
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
-class StackError(RuntimeError):
+class StackError(BulkheadError):
     """A stack could not be evaluated; the message is one line, prefixed with the stack."""
 
 
@@ -71,81 +63,23 @@ class StackRun:
 
 
 ReferenceResolver = Callable[[str], Mapping[str, Any]]
-_registering = threading.local()
-
-
-def current_urn() -> str:
-    """The URN being registered on this thread: Pulumi's mocks are told the name, not the URN."""
-    return _registering.urn
-
-
-class _RecordingMonitor(pulumi_mocks.MockMonitor):
-    """The stock mock monitor, plus a record of each registration's parent, provider and inputs."""
-
-    def __init__(self, mocks: pulumi.runtime.Mocks, references: ReferenceResolver) -> None:
-        super().__init__(mocks)
-        self.declared: list[DeclaredResource] = []
-        self._references = references
-
-    def RegisterResource(self, request):
-        _registering.urn = self.make_urn(request.parent, request.type, request.name)
-        response = super().RegisterResource(request)
-        if request.type != "pulumi:pulumi:Stack":
-            registration = self.resources[response.urn]
-            self.declared.append(
-                DeclaredResource(
-                    urn=response.urn,
-                    type=request.type,
-                    name=request.name,
-                    parent=request.parent,
-                    provider=request.provider,
-                    custom=bool(request.custom),
-                    inputs=_reveal(rpc.deserialize_properties(request.object)),
-                    id=registration.id or "",
-                    state=dict(registration.state),
-                )
-            )
-        return response
-
-    def ReadResource(self, request):
-        # StackReference reads the referenced stack's outputs: answer them here, whichever mocks run.
-        if request.type != STACK_REFERENCE:
-            return super().ReadResource(request)
-        name = request.id
-        state = {"name": name, "outputs": dict(self._references(name)), "secretOutputNames": []}
-        urn = self.make_urn(request.parent, request.type, request.name)
-        self.resources[urn] = pulumi_mocks.MockMonitor.ResourceRegistration(urn, name, state)
-        return resource_pb2.ReadResourceResponse(urn=urn, properties=_sync_await(rpc.serialize_properties(state, {})))
-
-
-def _reveal(value: Any) -> Any:
-    """Inputs with Pulumi's secret wrappers removed: the policy tests and the local cloud need the values."""
-    if isinstance(value, dict):
-        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
-            return _reveal(value.get("value"))
-        return {k: _reveal(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_reveal(v) for v in value]
-    return value
-
-
-def config_strings(config: Mapping[str, Any]) -> dict[str, str]:
-    """Stack config as the pulumi CLI hands it to a program: strings, with lists and maps as JSON."""
-    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
+current_urn = pulumi_sdk.current_urn
 
 
 def evaluate_stack(
     stack: str,
     mocks: pulumi.runtime.Mocks,
     references: ReferenceResolver,
-    project_dir: Path = PROJECT_DIR,
+    project_dir: Path,
     config: Mapping[str, Any] | None = None,
 ) -> StackRun:
     """Run the program of `stack` under `mocks`; `references` answers StackReferences by stack name.
 
-    `config` replaces the stack file's config (tests use it to try bad configs without touching files).
-    Raises StackError with one line when the program stops, e.g. on a config error.
+    `config` is the stack's config as already read (the stack file is read when it is not given; tests
+    pass a changed one to try bad configs without touching files). A config error raises `ConfigError`,
+    any other stop `StackError`, each with one line.
     """
+    pulumi_sdk.require()
     stack_config = topology.read_stack_config(project_dir, stack) if config is None else dict(config)
     # A fresh context per stack: Pulumi keeps its root resource and config in context variables.
     return contextvars.Context().run(_evaluate, stack, stack_config, mocks, references, project_dir)
@@ -159,32 +93,28 @@ def _evaluate(
     project_dir: Path,
 ) -> StackRun:
     started = time.perf_counter()
-    pulumi.runtime.set_all_config(config_strings(config))
-    monitor = _RecordingMonitor(mocks, references)
+    declared: list[DeclaredResource] = []
+    pulumi.runtime.set_all_config(topology.config_strings(config))
+    monitor = pulumi_sdk.RecordingMonitor(mocks, lambda **r: declared.append(DeclaredResource(**r)), references)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     main = project_dir / "infra"
-    # As pulumi.runtime.test does: a run starts with no RPC or output left over from the one before.
-    SETTINGS.rpc_manager.clear()
-    SETTINGS.outputs.clear()
+    pulumi_sdk.reset_run_state()
     try:
-        _sync_await(pulumi.runtime.stack.run_pulumi_func(lambda: runpy.run_path(str(main), run_name="__main__")))
-        root = get_root_resource()
-        outputs = _sync_await(pulumi.Output.from_input(getattr(root, "outputs", {})).future()) or {}
+        outputs = pulumi_sdk.run_program(lambda: runpy.run_path(str(main), run_name="__main__"))
     except BaseException as error:
         _settle()
         _raise_as_stack_error(stack, error)
-    return StackRun(
-        stack=stack,
-        resources=monitor.declared,
-        outputs=dict(outputs),
-        seconds=time.perf_counter() - started,
-    )
+    return StackRun(stack=stack, resources=declared, outputs=outputs, seconds=time.perf_counter() - started)
 
 
 def _raise_as_stack_error(stack: str, error: BaseException) -> None:
     if isinstance(error, pulumi.RunError):
+        # The program stops with RunError (one line under the pulumi CLI); a Bulkhead error behind it,
+        # such as a ConfigError, keeps its type and so its exit code.
+        if isinstance(error.__cause__, BulkheadError):
+            raise error.__cause__ from None
         raise StackError(str(error)) from None
-    if isinstance(error, StackError | KeyboardInterrupt):
+    if isinstance(error, BulkheadError | KeyboardInterrupt):
         raise error
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise StackError(f"stack {stack}: {message}") from error

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from bulkhead.errors import UsageError
+
 # Regions whose AZ names follow the `<region><letter>` rule; a typo here must fail before any resource.
 KNOWN_REGIONS = frozenset(
     {
@@ -30,7 +32,7 @@ GLOBAL_STACK = "global"
 MIN_AZS = 3
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A stack's config cannot be deployed; the message is one line naming the key and the fix."""
 
 
@@ -316,34 +318,52 @@ def read_stack_config(project_dir: Path, stack: str) -> dict[str, Any]:
     return config
 
 
-def peer_vpc_cidrs(project_dir: Path, stack: str) -> dict[str, str]:
-    """The VPC CIDR of every other region stack, for the overlap check."""
-    peers = {}
-    for name in stack_names(project_dir):
-        if name in (stack, GLOBAL_STACK):
-            continue
-        cidr = read_stack_config(project_dir, name).get("bulkhead:vpcCidr")
-        if cidr:
-            peers[name] = str(cidr)
-    return peers
+def config_strings(config: Mapping[str, Any]) -> dict[str, str]:
+    """Stack config as the pulumi CLI hands it to a program: strings, with lists and maps as JSON."""
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
 
 
-def validate_stacks(project_dir: Path, stacks: list[str]) -> dict[str, RegionSpec | GlobalSpec]:
-    """Validate stacks from their files exactly as the program does, with nothing declared."""
-    specs: dict[str, RegionSpec | GlobalSpec] = {}
-    for stack in stacks:
-        raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in read_stack_config(project_dir, stack).items()}
+class StackFiles:
+    """The stack files of one project, each read at most once: the checks that span stacks need several."""
+
+    def __init__(self, project_dir: Path, configs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """`configs` stands in for the files of the stacks it names (tests try bad configs with it)."""
+        self.project_dir = project_dir
+        self._configs: dict[str, dict[str, Any]] = {stack: dict(c) for stack, c in (configs or {}).items()}
+
+    def names(self) -> list[str]:
+        """Every stack, region stacks first, then the global stack."""
+        return stack_names(self.project_dir)
+
+    def config(self, stack: str) -> dict[str, Any]:
+        """The stack's config map as written (read from its file the first time)."""
+        if stack not in self._configs:
+            self._configs[stack] = read_stack_config(self.project_dir, stack)
+        return self._configs[stack]
+
+    def peer_vpc_cidrs(self, stack: str) -> dict[str, str]:
+        """The VPC CIDR of every other region stack, for the overlap check."""
+        peers = {}
+        for name in self.names():
+            if name not in (stack, GLOBAL_STACK) and self.config(name).get("bulkhead:vpcCidr"):
+                peers[name] = str(self.config(name)["bulkhead:vpcCidr"])
+        return peers
+
+    def partner_regions(self) -> dict[str, str]:
+        """Each region stack mapped to the partner region its config names."""
+        return {
+            name: str(self.config(name).get("bulkhead:partnerRegion", ""))
+            for name in self.names()
+            if name != GLOBAL_STACK
+        }
+
+    def spec(self, stack: str) -> RegionSpec | GlobalSpec:
+        """Validate one stack from its file exactly as the program does, with nothing declared."""
+        raw = config_strings(self.config(stack))
         if stack == GLOBAL_STACK:
-            specs[stack] = global_spec(raw, partner_regions(project_dir))
-        else:
-            specs[stack] = region_spec(stack, raw, peer_vpc_cidrs(project_dir, stack))
-    return specs
+            return global_spec(raw, self.partner_regions())
+        return region_spec(stack, raw, self.peer_vpc_cidrs(stack))
 
-
-def partner_regions(project_dir: Path) -> dict[str, str]:
-    """Each region stack mapped to the partner region its config names."""
-    partners = {}
-    for name in stack_names(project_dir):
-        if name != GLOBAL_STACK:
-            partners[name] = str(read_stack_config(project_dir, name).get("bulkhead:partnerRegion", ""))
-    return partners
+    def specs(self, stacks: list[str]) -> dict[str, RegionSpec | GlobalSpec]:
+        """Validate several stacks; the first bad one raises."""
+        return {stack: self.spec(stack) for stack in stacks}

@@ -26,7 +26,7 @@ def _raw(cidr: str, **extra: str) -> dict[str, str]:
 
 
 @given(
-    first_octet=st.sampled_from([10]),
+    first_octet=st.integers(min_value=1, max_value=223),
     second_octet=st.integers(min_value=0, max_value=255),
     prefix=st.integers(min_value=16, max_value=20),
 )
@@ -60,3 +60,17 @@ def test_read_stack_config__broken_yaml_names_the_line(tmp_path):
     (tmp_path / "Pulumi.us-east-1.yaml").write_text("config:\n  aws:region: [us-east-1\n")
     with pytest.raises(topology.ConfigError, match=r"not valid YAML \(line \d+\)"):
         topology.read_stack_config(tmp_path, "us-east-1")
+
+
+def test_stack_files__each_file_is_read_once_however_many_checks_need_it(project_dir, monkeypatch):
+    reads: list[str] = []
+    original = topology.read_stack_config
+    monkeypatch.setattr(topology, "read_stack_config", lambda d, s: reads.append(s) or original(d, s))
+    files = topology.StackFiles(project_dir)
+    specs = files.specs(["eu-west-1", "us-east-1", "us-west-2", "global"])
+    assert sorted(reads) == ["eu-west-1", "global", "us-east-1", "us-west-2"]
+    assert specs["us-east-1"].vpc_cidr == "10.10.0.0/16" and specs["global"].secondary_region == "us-west-2"
+
+
+def test_config_strings__lists_and_numbers_become_json_as_the_pulumi_cli_passes_them():
+    assert topology.config_strings({"a": "x", "b": ["p", "q"], "c": 2}) == {"a": "x", "b": '["p", "q"]', "c": "2"}

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from bulkhead import topology
+from bulkhead.errors import EXIT_USAGE
 from bulkhead.plan import PlanMocks
-from bulkhead.stack_runner import PROJECT_DIR, StackError, evaluate_stack
+from bulkhead.stack_runner import evaluate_stack
+from bulkhead.topology import ConfigError
 
 pytestmark = pytest.mark.unit
 
@@ -33,8 +35,8 @@ def _no_references(name: str) -> dict:
     raise AssertionError(f"a bad config must fail before reading {name}")
 
 
-def _evaluate_with(stack: str, **changes: Any) -> tuple[str, CountingMocks]:
-    config = topology.read_stack_config(PROJECT_DIR, stack)
+def _evaluate_with(project_dir, stack: str, **changes: Any) -> tuple[ConfigError, CountingMocks]:
+    config = topology.read_stack_config(project_dir, stack)
     for key, value in changes.items():
         key = key.replace("__", ":")
         if value is None:
@@ -42,9 +44,9 @@ def _evaluate_with(stack: str, **changes: Any) -> tuple[str, CountingMocks]:
         else:
             config[key] = value
     mocks = CountingMocks()
-    with pytest.raises(StackError) as failure:
-        evaluate_stack(stack, mocks, _no_references, config=config)
-    return str(failure.value), mocks
+    with pytest.raises(ConfigError) as failure:
+        evaluate_stack(stack, mocks, _no_references, project_dir, config=config)
+    return failure.value, mocks
 
 
 @pytest.mark.parametrize(
@@ -98,17 +100,20 @@ def _evaluate_with(stack: str, **changes: Any) -> tuple[str, CountingMocks]:
         pytest.param("global", {"bulkhead__domain": None}, "bulkhead:domain is missing", id="global-missing-key"),
     ],
 )  # fmt: skip
-def test_config__bad_value_fails_in_one_line_before_any_resource(stack, changes, expected):
-    message, mocks = _evaluate_with(stack, **changes)
+def test_config__bad_value_fails_in_one_line_before_any_resource(project_dir, stack, changes, expected):
+    error, mocks = _evaluate_with(project_dir, stack, **changes)
+    # A config error inside the program keeps its type through Pulumi's RunError: the CLI exits 2 for it.
+    assert error.exit_code == EXIT_USAGE
+    message = str(error)
     assert message.startswith(f"stack {stack}: ")
     assert expected in message
     assert "\n" not in message
     assert mocks.declared == []
 
 
-def test_config__a_good_stack_declares_resources():
+def test_config__a_good_stack_declares_resources(project_dir):
     """The counter above can see resources: the same harness on an unchanged stack counts many."""
     mocks = CountingMocks()
-    config = topology.read_stack_config(PROJECT_DIR, "eu-west-1")
-    evaluate_stack("eu-west-1", mocks, _no_references, config=config)
+    config = topology.read_stack_config(project_dir, "eu-west-1")
+    evaluate_stack("eu-west-1", mocks, _no_references, project_dir, config=config)
     assert len(mocks.declared) > 50

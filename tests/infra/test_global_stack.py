@@ -8,7 +8,7 @@ import re
 import pytest
 
 from bulkhead import topology
-from bulkhead.stack_runner import PROJECT_DIR, StackRun
+from bulkhead.stack_runner import StackRun
 
 pytestmark = pytest.mark.unit
 
@@ -19,8 +19,8 @@ def global_run(planned) -> StackRun:
 
 
 @pytest.fixture
-def config() -> dict:
-    return topology.read_stack_config(PROJECT_DIR, topology.GLOBAL_STACK)
+def config(project_dir) -> dict:
+    return topology.read_stack_config(project_dir, topology.GLOBAL_STACK)
 
 
 def test_global_stack__a_primary_and_a_secondary_record_per_service_each_health_checked(global_run, planned, config):
