@@ -15,10 +15,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bulkhead import project
 from bulkhead.hosts import converge, inventory
 from bulkhead.hosts.sandbox import Sandboxes
 from bulkhead.localcloud import cloud, server
 from bulkhead.localcloud.state import Store
+
+PROJECT_DIR = project.find(start=Path(__file__).parent)
 
 REGION = "eu-west-1"
 
@@ -37,19 +40,19 @@ def main() -> None:
     store = Store(base / "local")
     rows = []
     try:
-        cloud.up([REGION], store)
-        specs = inventory.local_hosts(REGION, store)
+        cloud.up([REGION], store, project_dir=PROJECT_DIR)
+        specs = inventory.local_hosts(REGION, store, PROJECT_DIR)
         for count in (3, 6):
             sandboxes = Sandboxes(base / f"hosts-{count}")
             chosen = _pick(specs, count)
             started = time.perf_counter()
             sandboxes.up(chosen)
             made = time.perf_counter() - started
-            path = inventory.write_inventory(chosen, sandboxes)
-            extra = converge.extra_vars(chosen, sandboxes, store)
+            path = inventory.write_inventory(chosen, sandboxes, store)
+            extra = converge.extra_vars(chosen, sandboxes, store, PROJECT_DIR)
             for label in ("first run", "no-change re-run"):
                 started = time.perf_counter()
-                report = converge.converge(sandboxes, path, extra)
+                report = converge.converge(sandboxes, path, extra, PROJECT_DIR)
                 seconds = time.perf_counter() - started
                 if not report.succeeded:
                     raise SystemExit("; ".join(report.failures))

@@ -28,6 +28,7 @@ def _run(args: list[str], directory: Path) -> tuple[float, int]:
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "bulkhead.cli", *args],
+        cwd=Path(__file__).resolve().parents[1],  # the project checkout the CLI finds from its working directory
         env={**os.environ, "BULKHEAD_LOCAL_DIR": str(directory)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -20,7 +20,8 @@ REGION = "eu-west-1"
 class Site:
     """The configured sandboxes, and testinfra hosts for them."""
 
-    def __init__(self, store: Store, sandboxes: Sandboxes, inventory_path, first_run) -> None:
+    def __init__(self, project_dir, store: Store, sandboxes: Sandboxes, inventory_path, first_run) -> None:
+        self.project_dir = project_dir
         self.store = store
         self.sandboxes = sandboxes
         self.inventory_path = inventory_path
@@ -35,28 +36,33 @@ class Site:
     def host(self, spec):
         return testinfra.get_host(f"ansible://{spec.name}?ansible_inventory={self.inventory_path}&force_ansible=True")
 
+    def extra_vars(self, specs=None) -> dict:
+        return converge.extra_vars(specs or self.specs, self.sandboxes, self.store, self.project_dir)
+
     def converge(self, **kwargs):
-        extra = {**converge.extra_vars(self.specs, self.sandboxes, self.store), **kwargs.pop("extra", {})}
-        return converge.converge(self.sandboxes, self.inventory_path, extra, **kwargs)
+        extra = {**self.extra_vars(), **kwargs.pop("extra", {})}
+        return converge.converge(self.sandboxes, self.inventory_path, extra, self.project_dir, **kwargs)
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    # testinfra's ansible backend runs the `ansible` command: this venv's.
-    os.environ["PATH"] = f"{Path(sys.prefix) / 'bin'}:{os.environ['PATH']}"
+def site(project_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("site")
     store = Store(base / "local")
     sandboxes = Sandboxes(base / "hosts")
-    try:
-        cloud.up([REGION], store)
-        everything = inventory.local_hosts(REGION, store)
-        # Both databases, a dyno host in every AZ, one router: every check, fewer hosts to converge.
-        specs = [s for s in everything if s.role != "router"] + [s for s in everything if s.role == "router"][:1]
-        sandboxes.up(specs, s3_port=server.running(store.directory).port)
-        path = inventory.write_inventory(specs, sandboxes)
-        first = converge.converge(sandboxes, path, converge.extra_vars(specs, sandboxes, store))
-        assert first.succeeded, first.failures
-        yield Site(store, sandboxes, path, first)
-    finally:
-        sandboxes.down()
-        server.stop(store.directory)
+    # testinfra's ansible backend runs the `ansible` command: this venv's, for this module only.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", f"{Path(sys.prefix) / 'bin'}:{os.environ['PATH']}")
+        try:
+            cloud.up([REGION], store, project_dir=project_dir)
+            everything = inventory.local_hosts(REGION, store, project_dir)
+            # Both databases, a dyno host in every AZ, one router: every check, fewer hosts to converge.
+            specs = [s for s in everything if s.role != "router"] + [s for s in everything if s.role == "router"][:1]
+            sandboxes.up(specs, s3_port=server.running(store.directory).port)
+            path = inventory.write_inventory(specs, sandboxes, store)
+            extra = converge.extra_vars(specs, sandboxes, store, project_dir)
+            first = converge.converge(sandboxes, path, extra, project_dir)
+            assert first.succeeded, first.failures
+            yield Site(project_dir, store, sandboxes, path, first)
+        finally:
+            sandboxes.down()
+            server.stop(store.directory)

@@ -15,7 +15,9 @@ import yaml
 
 from bulkhead.backup.settings import Archive, archive_command
 from bulkhead.hosts import converge
+from bulkhead.hosts.sandbox import Sandboxes
 from bulkhead.localcloud import server
+from bulkhead.localcloud.aws import LOCAL_CREDENTIALS
 
 pytestmark = pytest.mark.hosts
 
@@ -39,17 +41,18 @@ def test_postgres__the_standby_streams_what_the_primary_writes(site):
     )
     standby_host = site.host(standby)
     assert _psql(standby_host, "SELECT pg_is_in_recovery()") == "t"
-    for _ in range(50):
-        if _psql(standby_host, "SELECT count(*) FROM probe WHERE v = 'written on the primary'") == "1":
-            break
-    else:
-        pytest.fail("the row written on the primary never reached the standby")
+    deadline = time.monotonic() + 30
+    while _psql(standby_host, "SELECT count(*) FROM probe WHERE v = 'written on the primary'") != "1":
+        if time.monotonic() > deadline:
+            pytest.fail("the row written on the primary did not reach the standby within 30 s")
+        time.sleep(0.2)
 
 
 def test_postgres__archive_command_is_the_one_bulkhead_db_defines(site):
     (primary,) = site.of_role("postgres", postgres="primary")
     endpoint = server.running(site.store.directory).endpoint
-    expected = archive_command(Archive(f"s3://bulkhead-{primary.region}-archive", f"pg-{primary.region}", endpoint))
+    outputs = site.store.outputs(primary.region)
+    expected = archive_command(Archive(f"s3://{outputs['archiveBucket']}", outputs["databaseServer"], endpoint))
     assert _psql(site.host(primary), "SHOW archive_command") == expected
     assert _psql(site.host(primary), "SHOW archive_mode") == "on"
 
@@ -59,18 +62,19 @@ def test_postgres__the_primary_archives_its_wal_into_the_local_clouds_bucket(sit
     host = site.host(primary)
     _psql(host, "CREATE TABLE IF NOT EXISTS archived (v int); INSERT INTO archived VALUES (1)")
     segment = _psql(host, "SELECT pg_walfile_name(pg_switch_wal())")
-    for _ in range(100):
+    deadline = time.monotonic() + 30
+    while True:
         archived, failed = _psql(host, "SELECT archived_count, failed_count FROM pg_stat_archiver").split("|")
         if int(archived) > 0 and _psql(host, "SELECT last_archived_wal FROM pg_stat_archiver") >= segment:
             break
+        if time.monotonic() > deadline:
+            pytest.fail(f"{segment} was not archived in 30 s (archived {archived}, failed {failed}); see the log")
         time.sleep(0.3)
-    else:
-        pytest.fail(f"{segment} was not archived (archived {archived}, failed {failed}); see the PostgreSQL log")
     info = server.running(site.store.directory)
-    s3 = boto3.client("s3", endpoint_url=info.endpoint, region_name=primary.region,
-                      aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=f"bulkhead-{primary.region}-archive").get("Contents", [])]
-    assert any(key.startswith(f"pg-{primary.region}/wals/") and segment in key for key in keys)
+    s3 = boto3.client("s3", endpoint_url=info.endpoint, region_name=primary.region, **LOCAL_CREDENTIALS)
+    outputs = site.store.outputs(primary.region)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=outputs["archiveBucket"]).get("Contents", [])]
+    assert any(key.startswith(f"{outputs['databaseServer']}/wals/") and segment in key for key in keys)
 
 
 def test_router__answers_on_80_and_443_and_reaches_apps_in_other_azs(site):
@@ -132,18 +136,25 @@ def test_configure__an_unreachable_host_is_named_and_the_others_converge(site, t
     document["all"]["children"]["role_router"]["hosts"]["i-gone"] = None
     broken = tmp_path / "inventory.yml"
     broken.write_text(yaml.safe_dump(document))
-    extra = converge.extra_vars(site.specs, site.sandboxes, site.store)
-    result = converge.converge(site.sandboxes, broken, extra, playbook="router.yml")
+    result = converge.converge(site.sandboxes, broken, site.extra_vars(), site.project_dir, playbook="router.yml")
     # The chroot connection reports a missing root as a failure to gather facts, naming the host.
     assert len(result.failures) == 1 and result.failures[0].startswith("host i-gone ")
     assert "no-such-root is not a directory" in result.failures[0]
     assert all(result.ok.get(r.name, 0) > 0 for r in site.of_role("router"))
 
 
-def test_hosts_down__leaves_no_mount_namespace_or_process(site):
-    directory = site.sandboxes.directory
-    namespaces = {s.netns for s in site.specs}
-    assert site.sandboxes.down() == len(site.specs)
+def test_hosts_down__leaves_no_mount_namespace_or_process(site, tmp_path):
+    # Given: a set of sandboxes of its own (the module's site stays up for whichever test runs after)
+    sandboxes = Sandboxes(tmp_path / "own-hosts")
+    specs = site.specs[:2]
+    sandboxes.up(specs, s3_port=server.running(site.store.directory).port)
+    directory = sandboxes.directory
+    namespaces = {s.netns for s in specs}
+    assert all(sandboxes.alive(s) for s in specs)
+    running = subprocess.run(["ip", "netns", "pids", specs[0].netns], capture_output=True, text=True, check=True)
+    assert running.stdout.split(), "its init runs inside its namespace"
+    # When: they are taken down; Then: nothing of them is left
+    assert sandboxes.down() == len(specs)
     mounts = Path("/proc/self/mounts").read_text()
     assert str(directory) not in mounts
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout

@@ -8,6 +8,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from bulkhead import project
 from bulkhead.hosts import converge, inventory
 from bulkhead.hosts.sandbox import SandboxError, Sandboxes
 from bulkhead.localcloud import server
@@ -15,22 +16,24 @@ from bulkhead.localcloud.state import Store
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    sandboxes = Sandboxes()
-    specs = inventory.local_hosts(args.region)
-    info = server.running(Store().directory)
+    project_dir = project.find(args.project)
+    sandboxes, store = Sandboxes.of_project(project_dir), Store.of_project(project_dir)
+    specs = inventory.local_hosts(args.region, store, project_dir)
+    info = server.running(store.directory)
     with Console(stderr=True).status(f"making {len(specs)} sandbox hosts"):
         made = sandboxes.up(specs, s3_port=info.port if info else None)
-    inventory.write_inventory(sandboxes.recorded(), sandboxes)
+    inventory.write_inventory(sandboxes.recorded(), sandboxes, store)
     print(f"{len(made)} sandbox hosts made, {len(specs) - len(made)} already there")
     return cmd_list(args)
 
 
 def cmd_configure(args: argparse.Namespace) -> int:
-    sandboxes = Sandboxes()
+    project_dir = project.find(args.project)
+    sandboxes, store = Sandboxes.of_project(project_dir), Store.of_project(project_dir)
     specs = sandboxes.recorded()
     if not specs:
         raise SandboxError("there are no sandbox hosts; make them with `bulkhead hosts up`")
-    path = inventory.write_inventory(specs, sandboxes)
+    path = inventory.write_inventory(specs, sandboxes, store)
     console = Console(stderr=True)
     counts: dict[str, int] = {}
     started = time.perf_counter()
@@ -40,9 +43,8 @@ def cmd_configure(args: argparse.Namespace) -> int:
             counts[outcome] = counts.get(outcome, 0) + 1
             status.update(f"{task} ({sum(counts.values())} task results)")
 
-        report = converge.converge(
-            sandboxes, path, converge.extra_vars(specs, sandboxes), args.playbook, args.limit, seen
-        )
+        extra = converge.extra_vars(specs, sandboxes, store, project_dir)
+        report = converge.converge(sandboxes, path, extra, project_dir, args.playbook, args.limit, seen)
     table = Table(title=f"{args.playbook} in {time.perf_counter() - started:.0f} s")
     for column in ("host", "role", "ok", "changed"):
         table.add_column(column)
@@ -56,7 +58,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
 
 def cmd_smoke(args: argparse.Namespace) -> int:
     """Show the configured platform working: HTTP through a router, a row through replication."""
-    sandboxes = Sandboxes()
+    sandboxes = Sandboxes.of_project(project.find(args.project))
     specs = sandboxes.recorded()
     routers = [s for s in specs if s.role == "router"]
     primaries = [s for s in specs if s.tags.get("bulkhead:postgres") == "primary"]
@@ -89,7 +91,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    sandboxes = Sandboxes()
+    sandboxes = Sandboxes.of_project(project.find(args.project))
     specs = sandboxes.recorded()
     table = Table(title=f"sandbox hosts in {sandboxes.directory}")
     for column in ("host", "role", "region", "az", "address", "network namespace"):
@@ -101,7 +103,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    removed = Sandboxes().down()
+    removed = Sandboxes.of_project(project.find(args.project)).down()
     if not removed:
         raise SandboxError("there are no sandbox hosts to remove")
     print(f"{removed} sandbox hosts removed: their processes, mounts and namespaces are gone")

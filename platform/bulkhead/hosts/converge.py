@@ -14,10 +14,8 @@ import ansible_runner
 from bulkhead import topology
 from bulkhead.hosts.sandbox import HostSpec, Sandboxes
 from bulkhead.localcloud import server
+from bulkhead.localcloud.aws import local_environment
 from bulkhead.localcloud.state import Store
-from bulkhead.stack_runner import PROJECT_DIR
-
-ROLES_DIR = PROJECT_DIR / "roles"
 
 
 @dataclass
@@ -34,25 +32,18 @@ class Converged:
         return not self.failures
 
 
-def extra_vars(specs: list[HostSpec], sandboxes: Sandboxes, store: Store | None = None) -> dict:
+def extra_vars(specs: list[HostSpec], sandboxes: Sandboxes, store: Store, project_dir: Path) -> dict:
     """What the local cloud tells the roles: the VPC's networks, the controller's bulkhead, the archive."""
-    networks = sorted(
-        {
-            str(ipaddress.ip_network(topology.read_stack_config(PROJECT_DIR, s.region)["bulkhead:vpcCidr"]))
-            for s in specs
-        }
-    )
-    info = server.running((store or Store()).directory)
+    files = topology.StackFiles(project_dir)
+    regions = sorted({s.region for s in specs})
+    networks = sorted({str(ipaddress.ip_network(files.config(r)["bulkhead:vpcCidr"])) for r in regions})
+    info = server.running(store.directory)
     return {
         "postgres_allowed_networks": networks,
         "postgres_bulkhead_cli": str(Path(sys.prefix) / "bin" / "bulkhead"),
         "postgres_archive_endpoint_url": info.endpoint if info else "",
         # The local cloud takes any credentials; on AWS the instance role provides them instead.
-        "postgres_environment": {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": specs[0].region if specs else "us-east-1",
-        },
+        "postgres_environment": local_environment(regions[0] if regions else "us-east-1"),
         "bulkhead_secrets_dir": str(sandboxes.directory / "secrets"),
         # Sandboxes share this machine's clock: configure chrony, never let it steer the clock.
         "common_time_sync_start": False,
@@ -63,11 +54,13 @@ def converge(
     sandboxes: Sandboxes,
     inventory_path: Path,
     extra: dict,
+    project_dir: Path,
     playbook: str = "site.yml",
     limit: str | None = None,
     on_event: Callable[[str, str, str], None] | None = None,
 ) -> Converged:
-    """Run `roles/<playbook>`; `on_event(host, task, outcome)` sees each task result as it happens."""
+    """Run the project's `roles/<playbook>`; `on_event(host, task, outcome)` sees each task result as it happens."""
+    roles_dir = project_dir / "roles"
     report = Converged()
     tasks: dict[str, str] = {}
 
@@ -90,7 +83,7 @@ def converge(
     private.mkdir(parents=True, exist_ok=True)
     result = ansible_runner.run(
         private_data_dir=str(private),
-        playbook=str(ROLES_DIR / playbook),
+        playbook=str(roles_dir / playbook),
         inventory=str(inventory_path),
         limit=limit,
         extravars=extra,
@@ -98,7 +91,7 @@ def converge(
         event_handler=handle,
         envvars={
             "PATH": f"{Path(sys.prefix) / 'bin'}:{os.environ.get('PATH', '')}",
-            "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
+            "ANSIBLE_ROLES_PATH": str(roles_dir),
             "ANSIBLE_FORKS": "8",
             "ANSIBLE_NOCOLOR": "1",
         },

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
@@ -17,7 +18,6 @@ from bulkhead.hosts.sandbox import HostSpec, Sandboxes
 from bulkhead.localcloud import server
 from bulkhead.localcloud.aws import LocalAws, LocalCloudError
 from bulkhead.localcloud.state import Store
-from bulkhead.stack_runner import PROJECT_DIR
 
 TAG_GROUPS = (
     ("role", "bulkhead:role"),
@@ -32,9 +32,8 @@ def group_name(prefix: str, value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", f"{prefix}_{value}")
 
 
-def local_hosts(region: str, store: Store | None = None, project_dir: Path = PROJECT_DIR) -> list[HostSpec]:
+def local_hosts(region: str, store: Store, project_dir: Path) -> list[HostSpec]:
     """The running instances of one region of the local cloud that carry a role, oldest first."""
-    store = store or Store()
     info = server.running(store.directory)
     if info is None or store.outputs(region) is None:
         raise LocalCloudError(f"region {region} is not deployed locally; run `bulkhead local up --stacks {region}`")
@@ -63,12 +62,32 @@ def local_hosts(region: str, store: Store | None = None, project_dir: Path = PRO
     return specs
 
 
-def inventory(specs: list[HostSpec], sandboxes: Sandboxes) -> dict:
-    """An Ansible YAML inventory: each sandbox through the chroot connection, grouped like aws_ec2."""
+def region_facts(store: Store, regions: Iterable[str]) -> dict[str, dict[str, str]]:
+    """What a region stack tells its hosts, from its outputs: on AWS the user data carries the same facts."""
+    facts = {}
+    for region in sorted(set(regions)):
+        outputs = store.outputs(region)
+        if outputs is None:
+            raise LocalCloudError(f"region {region} is not deployed locally; run `bulkhead local up --stacks {region}`")
+        facts[region] = {
+            "postgres_archive_bucket": outputs["archiveBucket"],
+            "postgres_server_name": outputs["databaseServer"],
+        }
+    return facts
+
+
+def inventory(
+    specs: list[HostSpec], sandboxes: Sandboxes, facts: Mapping[str, Mapping[str, str]] | None = None
+) -> dict:
+    """An Ansible YAML inventory: each sandbox through the chroot connection, grouped like aws_ec2.
+
+    `facts` maps a region to the variables each of its hosts gets (see `region_facts`).
+    """
     groups: dict[str, dict] = {}
     hosts = {}
     for spec in specs:
         hosts[spec.name] = {
+            **(facts or {}).get(spec.region, {}),
             "ansible_connection": "community.general.chroot",
             "ansible_host": str(sandboxes.root(spec)),
             "ansible_chroot_exe": str(sandboxes.chroot_wrapper),
@@ -84,7 +103,9 @@ def inventory(specs: list[HostSpec], sandboxes: Sandboxes) -> dict:
     return {"all": {"hosts": hosts, "children": groups}}
 
 
-def write_inventory(specs: list[HostSpec], sandboxes: Sandboxes) -> Path:
+def write_inventory(specs: list[HostSpec], sandboxes: Sandboxes, store: Store) -> Path:
+    """The inventory of `specs` with their regions' facts, written beside the sandboxes."""
     path = sandboxes.directory / "inventory.yml"
-    path.write_text(yaml.safe_dump(inventory(specs, sandboxes), sort_keys=True))
+    facts = region_facts(store, (s.region for s in specs))
+    path.write_text(yaml.safe_dump(inventory(specs, sandboxes, facts), sort_keys=True))
     return path

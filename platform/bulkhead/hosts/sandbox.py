@@ -20,7 +20,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bulkhead.stack_runner import PROJECT_DIR
+from bulkhead import project
+from bulkhead.errors import BulkheadError
+from bulkhead.files import write_json
 
 log = logging.getLogger("bulkhead.hosts")
 CHROOT_WRAPPER = """#!/bin/sh
@@ -30,13 +32,13 @@ exec ip netns exec "$(cat "$(dirname "$root")/netns")" chroot "$@"
 """
 
 
-class SandboxError(RuntimeError):
+class SandboxError(BulkheadError):
     """A sandbox could not be made or removed; the message names the host and the fix."""
 
 
-def hosts_dir() -> Path:
-    """`.bulkhead/hosts` at the project root, or `$BULKHEAD_HOSTS_DIR`."""
-    return Path(os.environ.get("BULKHEAD_HOSTS_DIR") or PROJECT_DIR / ".bulkhead" / "hosts")
+def hosts_dir(project_dir: Path) -> Path:
+    """`.bulkhead/hosts` in the project, or `$BULKHEAD_HOSTS_DIR`."""
+    return Path(os.environ.get("BULKHEAD_HOSTS_DIR") or project.state_dir(project_dir, "hosts"))
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,14 @@ def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
 class Sandboxes:
     """The sandboxes of this machine, recorded in `hosts.json` so that `down` finds every one."""
 
-    def __init__(self, directory: Path | None = None) -> None:
-        self.directory = directory or hosts_dir()
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.record = self.directory / "hosts.json"
+
+    @classmethod
+    def of_project(cls, project_dir: Path) -> Sandboxes:
+        """The sandboxes a project checkout made."""
+        return cls(hosts_dir(project_dir))
 
     # --- the record ---
 
@@ -89,10 +96,7 @@ class Sandboxes:
         return [HostSpec(**entry) for entry in json.loads(self.record.read_text())]
 
     def _save(self, specs: list[HostSpec]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.record.with_suffix(".tmp")
-        temporary.write_text(json.dumps([asdict(s) for s in specs], indent=2))
-        os.replace(temporary, self.record)
+        write_json(self.record, [asdict(s) for s in specs])
 
     def root(self, spec: HostSpec) -> Path:
         return self.directory / spec.name / "root"

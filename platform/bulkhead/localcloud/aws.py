@@ -12,12 +12,24 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+from bulkhead.errors import BulkheadError
+
+# The local cloud takes any credentials; these are the ones every local client and tool uses.
+LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 _CONFIG = botocore.config.Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=2, read_timeout=60)
 
 
-class LocalCloudError(RuntimeError):
+class LocalCloudError(BulkheadError):
     """The local cloud cannot do what was asked; the message is one line with the fix."""
+
+
+def local_environment(region: str = "us-east-1") -> dict[str, str]:
+    """The local credentials as environment variables, for processes that reach the local cloud."""
+    return {
+        "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
+        "AWS_DEFAULT_REGION": region,
+    }
 
 
 class LocalAws:
@@ -33,7 +45,7 @@ class LocalAws:
         key = (service, region, role_arn)
         with self._lock:
             if key not in self._clients:
-                credentials = self._assumed(role_arn) if role_arn else DUMMY_CREDENTIALS
+                credentials = self._assumed(role_arn) if role_arn else LOCAL_CREDENTIALS
                 self._clients[key] = boto3.client(
                     service, endpoint_url=self.endpoint, region_name=region, config=_CONFIG, **credentials
                 )
@@ -44,7 +56,7 @@ class LocalAws:
         # in another account, as on AWS.
         if role_arn not in self._credentials:
             sts = boto3.client(
-                "sts", endpoint_url=self.endpoint, region_name="us-east-1", config=_CONFIG, **DUMMY_CREDENTIALS
+                "sts", endpoint_url=self.endpoint, region_name="us-east-1", config=_CONFIG, **LOCAL_CREDENTIALS
             )
             granted = sts.assume_role(RoleArn=role_arn, RoleSessionName="bulkhead-local")["Credentials"]
             self._credentials[role_arn] = {

@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bulkhead import stack_runner, topology
+from bulkhead import s3compat, stack_runner, topology
 from bulkhead.localcloud import server
-from bulkhead.localcloud.aws import DUMMY_CREDENTIALS, LocalAws, LocalCloudError
+from bulkhead.localcloud.aws import LocalAws, LocalCloudError, local_environment
 from bulkhead.localcloud.engine import StackReport, deploy_stack
 from bulkhead.localcloud.state import CorruptState, Store
 
@@ -19,10 +19,9 @@ log = logging.getLogger("bulkhead.local")
 Progress = Callable[[str, str, str], None]  # (stack, urn, action)
 
 
-def validate(stacks: list[str], store: Store, project_dir: Path = stack_runner.PROJECT_DIR) -> None:
+def validate(stacks: list[str], store: Store, files: topology.StackFiles) -> None:
     """Refuse, before anything is created, a bad config or a global stack whose regions are not deployed."""
-    specs = topology.validate_stacks(project_dir, stacks)
-    spec = specs.get(topology.GLOBAL_STACK)
+    spec = files.specs(stacks).get(topology.GLOBAL_STACK)
     if isinstance(spec, topology.GlobalSpec):
         for region in (spec.primary_region, spec.secondary_region):
             if region not in stacks and store.outputs(region) is None:
@@ -54,13 +53,16 @@ def up(
     port: int | None = None,
     on_resource: Progress | None = None,
     on_start: Callable[[dict[str, int]], None] | None = None,
-    project_dir: Path = stack_runner.PROJECT_DIR,
+    *,
+    project_dir: Path,
 ) -> tuple[server.ServerInfo, list[StackReport]]:
     """Deploy `stacks` (in deployment order) into the local cloud; returns what changed per stack.
 
-    Every stack is validated first, with nothing created: a bad config anywhere changes nothing.
+    Every stack is validated first, with nothing created: a bad config anywhere changes nothing. Each
+    stack file is read once, there, and its config handed down to the deployment.
     """
-    validate(stacks, store, project_dir)
+    files = topology.StackFiles(project_dir)
+    validate(stacks, store, files)
     if on_start:
         # What each stack held last time: the progress bar's total (unknown on a first run).
         on_start({s: len(store.load(s).resources) for s in stacks})
@@ -80,7 +82,7 @@ def up(
     for stack in stacks:
         notify = (lambda urn, action, s=stack: on_resource(s, urn, action)) if on_resource else None
         try:
-            reports.append(deploy_stack(stack, aws, store, references, notify, project_dir))
+            reports.append(deploy_stack(stack, files.config(stack), aws, store, references, project_dir, notify))
         except CorruptState as error:
             # What the corrupt file described cannot be told apart in moto any more: start clean.
             reset(info)
@@ -123,11 +125,5 @@ def env_lines(store: Store) -> list[str]:
     info = server.running(store.directory)
     if info is None:
         raise LocalCloudError("the local cloud is not running; start it with `bulkhead local up`")
-    return [
-        f"export AWS_ENDPOINT_URL={info.endpoint}",
-        f"export AWS_ACCESS_KEY_ID={DUMMY_CREDENTIALS['aws_access_key_id']}",
-        f"export AWS_SECRET_ACCESS_KEY={DUMMY_CREDENTIALS['aws_secret_access_key']}",
-        "export AWS_DEFAULT_REGION=us-east-1",
-        # Newer boto3 checksums every request by default; S3 stores other than AWS may refuse that.
-        "export AWS_REQUEST_CHECKSUM_CALCULATION=when_required",
-    ]
+    environment = {"AWS_ENDPOINT_URL": info.endpoint, **local_environment(), **s3compat.environment(info.endpoint)}
+    return [f"export {name}={value}" for name, value in environment.items()]

@@ -9,18 +9,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bulkhead import topology
+from bulkhead import project, topology
 from bulkhead.localcloud import cloud
 from bulkhead.localcloud.state import Store
-from bulkhead.stack_runner import PROJECT_DIR
 
 KEY_OUTPUTS = ("routerLbDnsName", "archiveBucket", "archiveReplicaBucket", "zoneId", "statusUrl")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    stacks = topology.select_stacks(PROJECT_DIR, args.stacks)
+    project_dir = project.find(args.project)
+    stacks = topology.select_stacks(project_dir, args.stacks)
     console = Console(stderr=True)
-    store = Store()
+    store = Store.of_project(project_dir)
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=args.log_json or (not console.is_terminal and not args.progress),
@@ -34,7 +34,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             if action != "deleted":
                 progress.update(task, description=f"stack {stack}", advance=1)
 
-        info, reports = cloud.up(stacks, store, args.port, on_resource=advanced, on_start=started)
+        info, reports = cloud.up(
+            stacks, store, args.port, on_resource=advanced, on_start=started, project_dir=project_dir
+        )
     table = Table(title=f"local cloud at {info.endpoint}")
     for column in ("stack", "created", "updated", "replaced", "deleted", "unchanged", "seconds"):
         table.add_column(column, justify="right" if column != "stack" else "left")
@@ -48,7 +50,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    report = cloud.status(Store())
+    report = cloud.status(Store.of_project(project.find(args.project)))
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return 0 if report["running"] else 1
@@ -68,13 +70,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    cloud.down(Store())
+    cloud.down(Store.of_project(project.find(args.project)))
     print("local cloud stopped and its state cleared")
     return 0
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    print("\n".join(cloud.env_lines(Store())))
+    print("\n".join(cloud.env_lines(Store.of_project(project.find(args.project)))))
     return 0
 
 

@@ -14,11 +14,12 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
 
-from bulkhead import stack_runner, topology
+from bulkhead import stack_runner
 from bulkhead.localcloud import translators
 from bulkhead.localcloud.aws import LocalAws, LocalCloudError, is_unreachable
 from bulkhead.localcloud.state import ResourceRecord, StackState, Store
@@ -47,6 +48,27 @@ class StackReport:
 
 def _normalized(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+Action = str  # "create", "unchanged", "update" or "replace"
+
+
+def choose_action(
+    old: ResourceRecord | None, type_token: str, region: str, role_arn: str | None, inputs: dict, updatable: bool
+) -> Action:
+    """What to do with one declared resource, given what the state remembers under its URN.
+
+    Nothing remembered: create. Same type, place and inputs: leave it. Changed inputs: update in place
+    when the type's translator can (it may still refuse a change and ask for a replacement), else
+    replace. A resource that moved to another region or account, or changed type, is always replaced.
+    """
+    if old is None:
+        return "create"
+    if old.type != type_token or (old.region, old.role_arn) != (region, role_arn):
+        return "replace"
+    if old.inputs == inputs:
+        return "unchanged"
+    return "update" if updatable else "replace"
 
 
 class MotoMocks(pulumi.runtime.Mocks):
@@ -115,21 +137,21 @@ class MotoMocks(pulumi.runtime.Mocks):
         translator = translators.lookup(type_token)
         target = translators.Target(self.aws, region, role, urn, name)
         old = self.previous.resources.get(urn)
-        same_place = old is not None and old.type == type_token and (old.region, old.role_arn) == (region, role)
-        if same_place and old.inputs == inputs:
+        action = choose_action(old, type_token, region, role, inputs, updatable=translator.update is not None)
+        if action == "unchanged":
             self._remember(old, "unchanged")
             return old.id, old.state
-        if same_place and translator.update is not None:
+        if action == "update":
             try:
                 state = translator.update(target, old.id, old.inputs, inputs, old.state)
             except translators.ReplaceRequired:
-                pass
+                action = "replace"
             else:
                 self._remember(ResourceRecord(urn, type_token, old.id, region, role, inputs, state), "updated")
                 return old.id, state
         resource_id, state = translator.create(target, inputs)
         record = ResourceRecord(urn, type_token, resource_id, region, role, inputs, _normalized(state))
-        if old is not None:
+        if action == "replace":
             self.current.pending_deletes.append(old)
             self._remember(record, "replaced")
         else:
@@ -196,14 +218,17 @@ class MotoMocks(pulumi.runtime.Mocks):
 
 def deploy_stack(
     stack: str,
+    config: Mapping[str, Any],
     aws: LocalAws,
     store: Store,
     references: Callable[[str], Mapping[str, Any]],
+    project_dir: Path,
     on_resource: Callable[[str, str], None] | None = None,
-    project_dir=stack_runner.PROJECT_DIR,
 ) -> StackReport:
-    """Bring one stack in the local cloud in line with the program; returns what changed."""
-    config = topology.read_stack_config(project_dir, stack)
+    """Bring one stack in the local cloud in line with the program; returns what changed.
+
+    `config` is the stack's config as validation read it: the stack file is not read again.
+    """
     report = StackReport(stack)
     previous = store.load(stack)
     mocks = MotoMocks(aws, str(config.get("aws:region", stack)), previous, report, on_resource)

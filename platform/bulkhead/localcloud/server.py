@@ -19,8 +19,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bulkhead.files import write_json
 from bulkhead.localcloud.aws import LocalCloudError
-from bulkhead.localcloud.state import write_json
 
 AMIS = Path(__file__).with_name("debian_amis.json")
 START_TIMEOUT = 30.0

@@ -14,15 +14,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bulkhead import project
+from bulkhead.files import write_json
 from bulkhead.localcloud.aws import LocalCloudError
-from bulkhead.stack_runner import PROJECT_DIR
 
 STATE_VERSION = 1
 
 
-def state_dir() -> Path:
-    """`.bulkhead/local` at the project root, or `$BULKHEAD_LOCAL_DIR` (tests give each run its own)."""
-    return Path(os.environ.get("BULKHEAD_LOCAL_DIR") or PROJECT_DIR / ".bulkhead" / "local")
+def state_dir(project_dir: Path) -> Path:
+    """`.bulkhead/local` in the project, or `$BULKHEAD_LOCAL_DIR` (tests give each run its own)."""
+    return Path(os.environ.get("BULKHEAD_LOCAL_DIR") or project.state_dir(project_dir, "local"))
 
 
 @dataclass
@@ -46,14 +47,6 @@ class StackState:
     pending_deletes: list[ResourceRecord] = field(default_factory=list)
 
 
-def write_json(path: Path, document: Any) -> None:
-    """Write JSON atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2, sort_keys=True, default=str))
-    os.replace(temporary, path)
-
-
 class CorruptState(LocalCloudError):
     """A state file could not be read."""
 
@@ -61,8 +54,13 @@ class CorruptState(LocalCloudError):
 class Store:
     """The files of one local cloud."""
 
-    def __init__(self, directory: Path | None = None) -> None:
-        self.directory = directory or state_dir()
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @classmethod
+    def of_project(cls, project_dir: Path) -> Store:
+        """The local cloud of a project checkout."""
+        return cls(state_dir(project_dir))
 
     def _state_path(self, stack: str) -> Path:
         return self.directory / f"{stack}.state.json"

@@ -9,17 +9,16 @@ import boto3
 import pytest
 
 from bulkhead.localcloud import cloud, server
-from bulkhead.localcloud.aws import DUMMY_CREDENTIALS
+from bulkhead.localcloud.aws import LOCAL_CREDENTIALS
 from bulkhead.localcloud.state import Store
-from bulkhead.stack_runner import PROJECT_DIR
 
 
-def copy_project(destination: Path) -> Path:
+def copy_project(source: Path, destination: Path) -> Path:
     """The Pulumi project (program and stack files) copied, so a test may edit its config."""
     destination.mkdir(parents=True, exist_ok=True)
-    for path in PROJECT_DIR.glob("Pulumi*.yaml"):
+    for path in source.glob("Pulumi*.yaml"):
         shutil.copy(path, destination / path.name)
-    shutil.copytree(PROJECT_DIR / "infra", destination / "infra", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(source / "infra", destination / "infra", ignore=shutil.ignore_patterns("__pycache__"))
     return destination
 
 
@@ -31,14 +30,14 @@ class Clients:
 
     def __call__(self, service: str, region: str, **credentials):
         return boto3.client(
-            service, endpoint_url=self.endpoint, region_name=region, **(credentials or DUMMY_CREDENTIALS)
+            service, endpoint_url=self.endpoint, region_name=region, **(credentials or LOCAL_CREDENTIALS)
         )
 
 
 @pytest.fixture
-def project(tmp_path) -> Path:
+def project(project_dir, tmp_path) -> Path:
     """A copy of the Pulumi project this test may change."""
-    return copy_project(tmp_path / "project")
+    return copy_project(project_dir, tmp_path / "project")
 
 
 @pytest.fixture
@@ -50,10 +49,10 @@ def store(tmp_path) -> Store:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
+def deployed(project_dir, tmp_path_factory):
     """Every stack of the repository deployed once into one local cloud (shared by the read-only tests)."""
     local = Store(tmp_path_factory.mktemp("deployed") / "local")
     stacks = ["eu-west-1", "us-east-1", "us-west-2", "global"]
-    info, reports = cloud.up(stacks, local)
+    info, reports = cloud.up(stacks, local, project_dir=project_dir)
     yield local, Clients(info.endpoint), {r.stack: r for r in reports}
     server.stop(local.directory)

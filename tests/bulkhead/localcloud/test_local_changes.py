@@ -8,8 +8,9 @@ import boto3
 import pytest
 import yaml
 
-from bulkhead import plan
+from bulkhead import topology
 from bulkhead.localcloud import cloud
+from bulkhead.localcloud.aws import LOCAL_CREDENTIALS
 
 pytestmark = pytest.mark.moto
 STACK = "eu-west-1"
@@ -22,12 +23,9 @@ def _set_cells(project: Path, cells: int) -> None:
     path.write_text(yaml.safe_dump(document))
 
 
-def _cell_size(project: Path) -> int:
-    """How many resources one dyno cell declares, from the program itself."""
-    (run,) = plan.evaluate_all(project, [STACK]).values()
-    cell = next(r for r in run.resources if r.type == "bulkhead:runtime:DynoCell")
-    return len([r for r in run.resources if r.custom and r.urn.split("::")[2].startswith(cell.type) and
-                r.name.startswith(cell.name)])  # fmt: skip
+# One dyno cell is: a security group, a role with its policy and instance profile, a launch template,
+# and an Auto Scaling group in each of the three AZs.
+CELL_RESOURCES = 8
 
 
 def test_up__second_run_creates_nothing(project, store):
@@ -41,9 +39,7 @@ def test_up__second_run_creates_nothing(project, store):
 
 def test_up__one_more_cell_creates_exactly_that_cell_and_removing_it_deletes_it(project, store):
     info, _ = cloud.up([STACK], store, project_dir=project)
-    ec2 = boto3.client(
-        "ec2", endpoint_url=info.endpoint, region_name=STACK, aws_access_key_id="t", aws_secret_access_key="t"
-    )
+    ec2 = boto3.client("ec2", endpoint_url=info.endpoint, region_name=STACK, **LOCAL_CREDENTIALS)
 
     def instances() -> set[str]:
         reservations = ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["running"]}])
@@ -51,13 +47,28 @@ def test_up__one_more_cell_creates_exactly_that_cell_and_removing_it_deletes_it(
 
     before = instances()
     _set_cells(project, 2)
-    cell_size = _cell_size(project)
     _, (grown,) = cloud.up([STACK], store, project_dir=project)
-    assert grown.created == cell_size
+    assert grown.created == CELL_RESOURCES
     # The database admits the new cell by a rule change in place: its hosts are not replaced.
     assert (grown.replaced, grown.deleted, grown.updated) == (0, 0, 1)
     assert instances() > before and len(instances() - before) == 3
     _set_cells(project, 1)
     _, (shrunk,) = cloud.up([STACK], store, project_dir=project)
-    assert (shrunk.created, shrunk.deleted, shrunk.updated) == (0, cell_size, 1)
+    assert (shrunk.created, shrunk.deleted, shrunk.updated) == (0, CELL_RESOURCES, 1)
     assert instances() == before
+
+
+def test_up__reads_the_stacks_own_file_once(project, store, monkeypatch):
+    """Validation reads the stack file; the deployment gets that config handed down and never reads it again."""
+    reads: list[str] = []
+    original = topology.read_stack_config
+
+    def counting(project_dir, stack):
+        reads.append(stack)
+        return original(project_dir, stack)
+
+    monkeypatch.setattr(topology, "read_stack_config", counting)
+    cloud.up([STACK], store, project_dir=project)
+    assert reads.count(STACK) == 1
+    # The others are read for the checks that span stacks: once by validation, once by the program itself.
+    assert sorted(reads) == sorted([STACK, "us-east-1", "us-west-2", "us-east-1", "us-west-2"])

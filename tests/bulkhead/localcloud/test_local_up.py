@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bulkhead import topology
-from bulkhead.stack_runner import PROJECT_DIR
+from bulkhead import project, topology
 
 pytestmark = pytest.mark.moto
 
+PROJECT_DIR = project.find(start=Path(__file__).parent)
 REGIONS = [s for s in topology.stack_names(PROJECT_DIR) if s != topology.GLOBAL_STACK]
 GLOBAL = topology.read_stack_config(PROJECT_DIR, "global")
 
 
 def _config(region: str) -> dict:
+    """The stack's file as written: the test's input, not a value the code under test computed."""
     return topology.read_stack_config(PROJECT_DIR, region)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bulkhead.errors import BulkheadError
 from bulkhead.localcloud.aws import LocalAws
 
 
@@ -65,7 +66,7 @@ def register(type_token: str, create: Create, delete: Delete, update: Update | N
     REGISTRY[type_token] = Translator(create, delete, update)
 
 
-class UnknownResourceType(LookupError):
+class UnknownResourceType(BulkheadError):
     """The program declares a resource type the local cloud cannot create."""
 
 
