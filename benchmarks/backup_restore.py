@@ -21,11 +21,12 @@ import boto3
 from rich.console import Console
 from rich.table import Table
 
-from bulkhead.backup import operations
-from bulkhead.backup.local_postgres import LOCAL_AWS_ENV, PG_BIN, PgServer, as_postgres, postgres_workdir
+from bulkhead.backup import base_backup, copy, restore
+from bulkhead.backup.local_postgres import PG_BIN, PgServer, as_postgres, postgres_workdir
 from bulkhead.backup.settings import BACKUP_COMPRESSION, Archive
 from bulkhead.backup.store import ArchiveStore
 from bulkhead.localcloud import server
+from bulkhead.localcloud.aws import local_environment
 
 MIB = 2**20
 
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     console = Console()
-    os.environ.update(LOCAL_AWS_ENV)
+    os.environ.update(local_environment())
     moto_dir = Path(tempfile.mkdtemp(prefix="bulkhead-bench-moto-"))
     info = server.start(moto_dir)
     workdir = postgres_workdir("bulkhead-bench-")
@@ -71,7 +72,7 @@ def main() -> None:
             size = connection.execute("SELECT pg_database_size('postgres')").fetchone()[0]
         console.print(f"database: {size / MIB:.0f} MiB; backing up ...")
         started = time.perf_counter()
-        made = operations.backup(big, "127.0.0.1", pg.port, "postgres", jobs=2, timeout=3600)
+        made = base_backup.backup(big, "127.0.0.1", pg.port, "postgres", jobs=2, timeout=3600)
         backup_seconds = time.perf_counter() - started
         pg.switch_and_wait_archived()
         download_dir = Path(tempfile.mkdtemp(prefix="bulkhead-bench-dl-"))
@@ -79,7 +80,7 @@ def main() -> None:
         shutil.rmtree(download_dir)
         console.print("restoring ...")
         started = time.perf_counter()
-        operations.restore(big, workdir / "big-restored")
+        restore.restore(big, workdir / "big-restored")
         restore_seconds = time.perf_counter() - started
 
         stored_note = f"{stored / MIB:.0f} MiB stored, {BACKUP_COMPRESSION}"
@@ -103,20 +104,20 @@ def main() -> None:
             connection.execute(
                 "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 20000) g"
             )
-        operations.backup(small, "127.0.0.1", pg_small.port, "postgres", jobs=1, timeout=600)
+        base_backup.backup(small, "127.0.0.1", pg_small.port, "postgres", jobs=1, timeout=600)
         pg_small.switch_and_wait_archived()
         copies = []
         for index in range(args.databases):
             s3.create_bucket(Bucket=f"bench-small-{index}")
-            copy = Archive(f"s3://bench-small-{index}/pg", "pg-small", info.endpoint)
-            operations.copy_archive(small, copy)
-            copies.append(copy)
+            archive_copy = Archive(f"s3://bench-small-{index}/pg", "pg-small", info.endpoint)
+            copy.copy_archive(small, archive_copy)
+            copies.append(archive_copy)
         timings = {}
         for label, concurrency in (("one by one", 1), (f"{args.concurrency} at a time", args.concurrency)):
             targets = workdir / f"fleet-{concurrency}"
-            jobs = [operations.RestoreJob(c, targets / f"db{i}") for i, c in enumerate(copies)]
+            jobs = [restore.RestoreJob(c, targets / f"db{i}") for i, c in enumerate(copies)]
             started = time.perf_counter()
-            outcomes = operations.restore_fleet(jobs, concurrency=concurrency)
+            outcomes = restore.restore_fleet(jobs, concurrency=concurrency)
             timings[label] = time.perf_counter() - started
             failed = [o.error for o in outcomes if o.error]
             if failed:

@@ -10,7 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bulkhead.backup import operations
+from bulkhead import clock
+from bulkhead.backup import base_backup, catalog, copy, restore
 from bulkhead.backup.settings import (
     DEFAULT_ARCHIVE_TIMEOUT,
     Archive,
@@ -26,10 +27,9 @@ def _archive(args: argparse.Namespace, url: str | None = None, endpoint: str | N
 
 def _target_time(value: str) -> dt.datetime:
     try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time, e.g. 2026-11-21T18:30:00+00:00") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        return clock.parse_utc(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def cmd_archive_command(args: argparse.Namespace) -> int:
@@ -45,7 +45,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             status.update(f"uploading base backup: {size / 2**20:.1f} MiB so far")
 
         started = dt.datetime.now(dt.UTC)
-        made = operations.backup(
+        made = base_backup.backup(
             _archive(args), args.host, args.port, args.user, args.jobs, args.timeout, on_progress=uploaded
         )
     seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
@@ -54,7 +54,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    backups = operations.list_backups(_archive(args))
+    backups = catalog.list_backups(_archive(args))
     if args.json:
         print(json.dumps([b.as_dict() for b in backups], indent=2))
         return 0
@@ -71,7 +71,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with Console(stderr=True).status("reading the archive back"):
-        result = operations.verify(_archive(args))
+        result = catalog.verify(_archive(args))
     if not result.ok:
         raise BackupError(result.problem())
     print(
@@ -83,14 +83,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     with Console(stderr=True).status(f"restoring into {args.to}"):
-        chosen = operations.restore(_archive(args), Path(args.to), args.target_time, args.force, args.owner)
+        chosen = restore.restore(_archive(args), Path(args.to), args.target_time, args.force, args.owner)
     goal = f"to {args.target_time.isoformat()}" if args.target_time else "to the end of the archive"
     print(f"restored backup {chosen.backup_id} into {args.to}; starting PostgreSQL there recovers {goal}")
     return 0
 
 
 def cmd_copy_archive(args: argparse.Namespace) -> int:
-    report = operations.copy_archive(_archive(args), _archive(args, args.to, args.to_endpoint_url))
+    report = copy.copy_archive(_archive(args), _archive(args, args.to, args.to_endpoint_url))
     print(f"copied {report.copied} objects ({report.bytes / 2**20:.1f} MiB), {report.skipped} already there, "
           f"in {report.seconds:.1f} s")  # fmt: skip
     return 0
@@ -118,22 +118,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--archive-timeout", type=int, default=DEFAULT_ARCHIVE_TIMEOUT, help="seconds; bounds data lost (default 60)"
     )
-    backup = verb("backup", "take a base backup (checks that WAL archiving works first)", cmd_backup)
-    backup.add_argument("--host", required=True, help="PostgreSQL host (the backup runs on the database host)")
-    backup.add_argument("--port", type=int, default=5432)
-    backup.add_argument("--user", default="postgres", help="a superuser or replication user (default postgres)")
-    backup.add_argument("--jobs", type=int, default=4, help="parallel upload processes (default 4)")
-    backup.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds (default 3600)")
+    backup_parser = verb("backup", "take a base backup (checks that WAL archiving works first)", cmd_backup)
+    backup_parser.add_argument("--host", required=True, help="PostgreSQL host (the backup runs on the database host)")
+    backup_parser.add_argument("--port", type=int, default=5432)
+    backup_parser.add_argument("--user", default="postgres", help="a superuser or replication user (default postgres)")
+    backup_parser.add_argument("--jobs", type=int, default=4, help="parallel upload processes (default 4)")
+    backup_parser.add_argument(
+        "--timeout", type=float, default=3600, help="give up after this many seconds (default 3600)"
+    )
     listing = verb("list", "list backups with their WAL range and times", cmd_list)
     listing.add_argument("--json", action="store_true", help="print as JSON")
     verb("verify", "check the newest backup and every WAL segment after it are present and readable", cmd_verify)
-    restore = verb("restore", "lay down a data directory that recovers to the latest or a given time", cmd_restore)
-    restore.add_argument("--to", required=True, help="the data directory to create")
-    when = restore.add_mutually_exclusive_group()
+    restore_parser = verb(
+        "restore", "lay down a data directory that recovers to the latest or a given time", cmd_restore
+    )
+    restore_parser.add_argument("--to", required=True, help="the data directory to create")
+    when = restore_parser.add_mutually_exclusive_group()
     when.add_argument("--target-time", type=_target_time, help="ISO 8601 time to recover to")
     when.add_argument("--latest", action="store_true", help="recover to the end of the archive (the default)")
-    restore.add_argument("--force", action="store_true", help="replace a non-empty --to directory")
-    restore.add_argument("--owner", default="postgres", help="the user PostgreSQL runs as (default postgres)")
-    copy = verb("copy-archive", "copy the archive to another bucket, incrementally", cmd_copy_archive)
-    copy.add_argument("--to", required=True, help="destination s3://BUCKET/PREFIX (same server name)")
-    copy.add_argument("--to-endpoint-url", help="the destination's S3 endpoint, if not AWS's")
+    restore_parser.add_argument("--force", action="store_true", help="replace a non-empty --to directory")
+    restore_parser.add_argument("--owner", default="postgres", help="the user PostgreSQL runs as (default postgres)")
+    copy_parser = verb("copy-archive", "copy the archive to another bucket, incrementally", cmd_copy_archive)
+    copy_parser.add_argument("--to", required=True, help="destination s3://BUCKET/PREFIX (same server name)")
+    copy_parser.add_argument("--to-endpoint-url", help="the destination's S3 endpoint, if not AWS's")

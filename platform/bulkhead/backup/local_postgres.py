@@ -1,7 +1,9 @@
 """A PostgreSQL 15 server on this machine, run as the postgres user: for tests, benchmarks and drills.
 
 PostgreSQL refuses to run as root, and `archive_command` runs as the server's user, so everything here
-goes through `runuser -u postgres`, with data under a directory that user owns.
+goes through `runuser -u postgres`, with data under a directory that user owns. The server archives
+into the local cloud's S3 with the local cloud's credentials. What cannot be done raises
+`LocalPostgresError`, one line, like every other Bulkhead error.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from pathlib import Path
 import psycopg
 
 from bulkhead.backup.settings import Archive, conf_lines, server_settings
+from bulkhead.errors import BulkheadError
+from bulkhead.localcloud.aws import local_environment
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-LOCAL_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+
+
+class LocalPostgresError(BulkheadError):
+    """A local PostgreSQL server did not start, recover or archive in time."""
 
 
 def as_postgres(*command: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -55,10 +58,11 @@ class PgServer:
         log = self.data_dir.parent / f"pg-{self.port}.log"
         result = as_postgres(
             str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(log), "-w", "-t", "120", "start",
-            env=LOCAL_AWS_ENV, check=False,
+            env=local_environment(), check=False,
         )  # fmt: skip
         if result.returncode != 0:
-            raise AssertionError(f"PostgreSQL did not start: {result.stderr}\n{log.read_text()[-2000:]}")
+            last = (log.read_text(errors="replace").strip().splitlines() or [result.stderr.strip()])[-1]
+            raise LocalPostgresError(f"PostgreSQL on port {self.port} did not start: {last}; see {log}")
 
     def connect(self) -> psycopg.Connection:
         return psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
@@ -73,7 +77,7 @@ class PgServer:
             except psycopg.OperationalError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"server on {self.port} did not finish recovery within {timeout} s")
+        raise LocalPostgresError(f"PostgreSQL on port {self.port} did not finish recovery within {timeout:.0f} s")
 
     def switch_and_wait_archived(self, timeout: float = 60) -> str:
         """Close the current WAL segment and wait until archive_command has shipped it."""
@@ -85,7 +89,7 @@ class PgServer:
                 if archived and archived >= segment:
                     return segment
                 time.sleep(0.2)
-        raise AssertionError(f"{segment} was not archived within {timeout} s")
+        raise LocalPostgresError(f"WAL {segment} was not archived within {timeout:.0f} s; see the server log")
 
     def kill(self) -> None:
         """SIGKILL the postmaster, as a host that loses its disk or power would."""

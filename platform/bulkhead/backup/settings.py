@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from bulkhead import s3compat
+from bulkhead.errors import BulkheadError
+
 DEFAULT_BARMAN_BIN = Path("/opt/bulkhead/barman/bin")
 DEFAULT_ARCHIVE_TIMEOUT = 60
 WAL_PREFETCH = 4
@@ -24,7 +27,7 @@ WAL_COMPRESSION = "--gzip"
 BACKUP_COMPRESSION = "--lz4"
 
 
-class BackupError(RuntimeError):
+class BackupError(BulkheadError):
     """A backup command cannot do what was asked; the message is one line with the fix."""
 
 
@@ -67,12 +70,8 @@ class Archive:
 
 
 def tool_environment(archive: Archive) -> dict[str, str]:
-    """Extra environment for barman-cloud against this archive.
-
-    boto3's newer request checksums break S3 stores other than AWS; with a custom endpoint they are
-    sent only when an operation requires them.
-    """
-    return {"AWS_REQUEST_CHECKSUM_CALCULATION": "when_required"} if archive.endpoint_url else {}
+    """Extra environment for barman-cloud against this archive (see `bulkhead.s3compat`)."""
+    return s3compat.environment(archive.endpoint_url)
 
 
 def _command(archive: Archive, tool: str, *args: str) -> str:

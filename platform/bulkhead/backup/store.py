@@ -1,6 +1,6 @@
 """The S3 side of an archive, behind one small adapter: listing, reading, copying, clear errors.
 
-Decisions (which backup, is the WAL continuous) live in `wal.py` and `restore.py`; this module only
+Decisions (which backup, is the WAL continuous) live in `decisions.py` and `wal.py`; this module only
 talks to S3 and turns botocore's failures into one line that says what to fix.
 """
 
@@ -15,16 +15,10 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from bulkhead import s3compat
 from bulkhead.backup import wal
 from bulkhead.backup.settings import Archive, BackupError
 
-_CONFIG = botocore.config.Config(
-    retries={"max_attempts": 3, "mode": "standard"},
-    connect_timeout=3,
-    read_timeout=60,
-    request_checksum_calculation="when_required",
-    response_checksum_validation="when_required",
-)
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId", "AccessDenied", "403"}
 
 
@@ -40,7 +34,13 @@ class ArchiveStore:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
-        self.s3 = boto3.client("s3", endpoint_url=archive.endpoint_url, config=_CONFIG)
+        config = botocore.config.Config(
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=3,
+            read_timeout=60,
+            **s3compat.client_settings(archive.endpoint_url),
+        )
+        self.s3 = boto3.client("s3", endpoint_url=archive.endpoint_url, config=config)
 
     def explain(self, error: Exception) -> BackupError:
         """One line for an S3 failure, naming what to check."""
@@ -92,14 +92,14 @@ class ArchiveStore:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self.explain(error) from None
 
-    def readable_segment(self, item: StoredObject) -> bool:
-        """A segment is readable when it downloads and decompresses to a whole 16 MiB segment."""
+    def readable_segment(self, item: StoredObject, segment_size: int) -> bool:
+        """A segment is readable when it downloads and decompresses to a whole segment of `segment_size`."""
         body = self.read(item.key)
         try:
             data = gzip.decompress(body) if item.key.endswith(".gz") else body
         except (OSError, EOFError):
             return False
-        return len(data) == 16 * 1024 * 1024
+        return len(data) == segment_size
 
     def upload(self, key: str, body: bytes) -> None:
         try:

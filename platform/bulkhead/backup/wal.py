@@ -1,45 +1,38 @@
 """WAL segment names and the continuity of an archive: pure decisions, no S3.
 
-A segment name is timeline, log and segment number, eight hex digits each; with 16 MiB segments the
-segment number runs 00000000..000000FF within a log.
+Names and their arithmetic are barman's (`barman.xlog`), the same code barman-cloud archives and
+restores with. A segment's successor depends on the segment size (16 MiB unless the cluster was
+initialised otherwise), which a backup records: every function here takes it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
-SEGMENTS_PER_LOG = 0x100  # 4 GiB per log / 16 MiB per segment
+from barman import xlog
+
+DEFAULT_SEGMENT_SIZE = xlog.DEFAULT_XLOG_SEG_SIZE
 
 
 def is_segment(name: str) -> bool:
-    """A WAL segment file name (not a .history, .backup or .partial file)."""
-    return SEGMENT.match(name) is not None
+    """A WAL segment file name (not a .history, .backup or .partial file, nor a compressed name)."""
+    return xlog.is_wal_file(name)
 
 
-def parse(name: str) -> tuple[int, int, int]:
-    match = SEGMENT.match(name)
-    if not match:
-        raise ValueError(f"{name!r} is not a WAL segment name")
-    timeline, log, segment = (int(part, 16) for part in match.groups())
-    return timeline, log, segment
+def timeline(name: str) -> int:
+    return xlog.decode_segment_name(name)[0]
 
 
-def following(name: str) -> str:
+def following(name: str, segment_size: int) -> str:
     """The segment after `name` on the same timeline."""
-    timeline, log, segment = parse(name)
-    segment += 1
-    if segment == SEGMENTS_PER_LOG:
-        log, segment = log + 1, 0
-    return f"{timeline:08X}{log:08X}{segment:08X}"
+    return xlog.next_segment_name(name, segment_size)
 
 
-def position(name: str) -> int:
+def position(name: str, segment_size: int) -> int:
     """A segment's place in the WAL stream, ignoring the timeline."""
-    _, log, segment = parse(name)
-    return log * SEGMENTS_PER_LOG + segment
+    _, log, segment = xlog.decode_segment_name(name)
+    return log * (xlog.xlog_segments_per_file(segment_size) + 1) + segment
 
 
 @dataclass(frozen=True)
@@ -52,22 +45,19 @@ class Continuity:
     later_segments: int
 
 
-def check(begin_wal: str, archived: Iterable[str]) -> Continuity:
+def check(begin_wal: str, archived: Iterable[str], segment_size: int) -> Continuity:
     """Walk the archive from `begin_wal`; stop at the first segment missing before the newest one."""
-    timeline = parse(begin_wal)[0]
-    names = sorted(
-        {n for n in archived if is_segment(n) and parse(n)[0] == timeline and position(n) >= position(begin_wal)},
-        key=position,
-    )
-    present = set(names)
-    if begin_wal not in present:
-        return Continuity(begin_wal, None, begin_wal, len(names))
-    newest = names[-1]
+    start = position(begin_wal, segment_size)
+    line = timeline(begin_wal)
+    on_timeline = {n for n in archived if is_segment(n) and timeline(n) == line and position(n, segment_size) >= start}
+    if begin_wal not in on_timeline:
+        return Continuity(begin_wal, None, begin_wal, len(on_timeline))
+    newest = max(on_timeline, key=lambda n: position(n, segment_size))
     current = begin_wal
     while current != newest:
-        nxt = following(current)
-        if nxt not in present:
-            later = sum(1 for n in names if position(n) > position(nxt))
+        nxt = following(current, segment_size)
+        if nxt not in on_timeline:
+            later = sum(1 for n in on_timeline if position(n, segment_size) > position(nxt, segment_size))
             return Continuity(begin_wal, current, nxt, later)
         current = nxt
     return Continuity(begin_wal, current, None, 0)

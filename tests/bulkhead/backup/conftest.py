@@ -8,10 +8,10 @@ import uuid
 import boto3
 import pytest
 
-from bulkhead.backup.local_postgres import LOCAL_AWS_ENV as AWS_ENV
 from bulkhead.backup.local_postgres import PgServer, postgres_workdir
 from bulkhead.backup.settings import Archive
 from bulkhead.localcloud import server
+from bulkhead.localcloud.aws import LOCAL_CREDENTIALS, local_environment
 
 
 @pytest.fixture(scope="session")
@@ -25,19 +25,12 @@ def s3_endpoint(tmp_path_factory):
 
 @pytest.fixture
 def s3(s3_endpoint):
-    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **_boto_credentials())
-
-
-def _boto_credentials() -> dict:
-    return {
-        "aws_access_key_id": AWS_ENV["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-    }
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **LOCAL_CREDENTIALS)
 
 
 @pytest.fixture(autouse=True)
 def aws_environment(monkeypatch):
-    for key, value in AWS_ENV.items():
+    for key, value in local_environment().items():
         monkeypatch.setenv(key, value)
 
 

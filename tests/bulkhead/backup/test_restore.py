@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bulkhead.backup import operations
+from bulkhead.backup import base_backup, copy, restore
 from bulkhead.backup.settings import Archive
 
 pytestmark = pytest.mark.postgres
@@ -37,7 +37,7 @@ def _primary_with_a_backup(servers, archive: Archive, archive_timeout: int = 60)
             "at timestamptz NOT NULL DEFAULT clock_timestamp())"
         )
     _write_batch(pg, 1)
-    backup = operations.backup(archive, "127.0.0.1", pg.port, "postgres", jobs=2, timeout=300)
+    backup = base_backup.backup(archive, "127.0.0.1", pg.port, "postgres", jobs=2, timeout=300)
     return pg, backup
 
 
@@ -60,7 +60,7 @@ def test_restore__ebs_loss_latest_restore_has_every_archived_row(servers, archiv
     shutil.rmtree(pg.data_dir)
     # Then a restore of the latest state into a new directory starts with every row
     target = workdir / "restored"
-    chosen = operations.restore(archive, target)
+    chosen = restore.restore(archive, target)
     assert chosen.backup_id == backup.backup_id
     assert (target / "recovery.signal").exists()
     restored = _start_restored(servers, "restored", target)
@@ -79,7 +79,7 @@ def test_restore__point_in_time_between_batches_has_exactly_the_first(servers, a
     pg.switch_and_wait_archived()
     pg.kill()
     target = workdir / "pitr"
-    operations.restore(archive, target, target_time=between)
+    restore.restore(archive, target, target_time=between)
     restored = _start_restored(servers, "pitr", target)
     assert _rows(restored) == first
 
@@ -92,14 +92,14 @@ def test_restore__from_the_partner_copy_after_the_first_bucket_is_gone(servers, 
     pg.kill()
     s3.create_bucket(Bucket=archive.bucket + "-partner")
     partner = Archive(f"s3://{archive.bucket}-partner/pg", archive.server, s3_endpoint)
-    first = operations.copy_archive(archive, partner)
-    again = operations.copy_archive(archive, partner)
+    first = copy.copy_archive(archive, partner)
+    again = copy.copy_archive(archive, partner)
     assert first.copied > 0 and (again.copied, again.skipped) == (0, first.copied), "the copy is incremental"
     for version in s3.list_object_versions(Bucket=archive.bucket).get("Versions", []):
         s3.delete_object(Bucket=archive.bucket, Key=version["Key"], VersionId=version["VersionId"])
     s3.delete_bucket(Bucket=archive.bucket)
     target = workdir / "from-partner"
-    operations.restore(partner, target)
+    restore.restore(partner, target)
     assert _rows(_start_restored(servers, "from-partner", target)) == expected
 
 
@@ -114,13 +114,18 @@ def test_rpo__rows_lost_on_a_sudden_kill_are_within_archive_timeout(servers, arc
             time.sleep(0.02)
     pg.kill()
     target = workdir / "rpo"
-    operations.restore(archive, target)
+    restore.restore(archive, target)
     restored = _start_restored(servers, "rpo", target)
     with restored.connect() as connection:
         kept = {row[0] for row in connection.execute("SELECT id FROM ledger WHERE batch = 9")}
     lost = [(i, at) for i, at in committed if i not in kept]
     assert kept <= {i for i, _ in committed}
-    window = (committed[-1][1] - lost[0][1]).total_seconds() if lost else 0.0
+    # The kill lands while rows are still in the unarchived segment: with none lost, nothing was measured.
+    assert lost, "no row was lost: the kill did not cut into unarchived WAL, so this run measured no RPO"
+    assert max(kept) < lost[0][0] and [i for i, _ in lost] == [i for i, _ in committed[-len(lost) :]], (
+        "only the newest rows may be lost: a restore never skips a committed row and keeps a later one"
+    )
+    window = (committed[-1][1] - lost[0][1]).total_seconds()
     record_property("rpo_rows_lost", len(lost))
     record_property("rpo_seconds_lost", round(window, 2))
     print(
@@ -130,20 +135,21 @@ def test_rpo__rows_lost_on_a_sudden_kill_are_within_archive_timeout(servers, arc
     assert window <= archive_timeout + 3
 
 
-def test_restore_fleet__failures_stay_in_their_compartment_and_priority_orders_the_work(
-    servers, archive, s3, s3_endpoint, workdir
-):
+def test_restore_fleet__failures_of_any_kind_stay_in_their_compartment(servers, archive, s3, s3_endpoint, workdir):
     pg, _ = _primary_with_a_backup(servers, archive)
     expected = _rows(pg)
     pg.switch_and_wait_archived()
     s3.create_bucket(Bucket=archive.bucket + "-empty")
     empty = Archive(f"s3://{archive.bucket}-empty/pg", "pg-free", s3_endpoint)
+    # A target under a regular file: the restore fails with an OSError, not a BackupError.
+    (workdir / "a-file").write_text("not a directory")
     jobs = [
-        operations.RestoreJob(empty, workdir / "free", priority=200),
-        operations.RestoreJob(archive, workdir / "paying", priority=10),
+        restore.RestoreJob(empty, workdir / "free", priority=200),
+        restore.RestoreJob(archive, workdir / "a-file" / "db", priority=50),
+        restore.RestoreJob(archive, workdir / "paying", priority=10),
     ]
-    assert [j.target.name for j in operations.restore_order(jobs)] == ["paying", "free"]
-    outcomes = {o.job.target.name: o for o in operations.restore_fleet(jobs, concurrency=2)}
+    outcomes = {o.job.target.name: o for o in restore.restore_fleet(jobs, concurrency=2)}
     assert outcomes["free"].error == "the archive holds no finished backup; take one with `bulkhead db backup`"
+    assert outcomes["db"].error.startswith("NotADirectoryError: ")
     assert outcomes["paying"].error is None
     assert _rows(_start_restored(servers, "paying", workdir / "paying")) == expected
