@@ -23,6 +23,7 @@ class Site:
     def __init__(self, project_dir, store: Store, sandboxes: Sandboxes, inventory_path, first_run) -> None:
         self.project_dir = project_dir
         self.store = store
+        self.store_region = REGION
         self.sandboxes = sandboxes
         self.inventory_path = inventory_path
         self.first_run = first_run

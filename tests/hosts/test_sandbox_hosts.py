@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from bulkhead.backup.settings import Archive, archive_command
-from bulkhead.hosts import converge
-from bulkhead.hosts.sandbox import Sandboxes
+from bulkhead.hosts import converge, inventory
+from bulkhead.hosts.sandbox import Sandboxes, fabric_netns
 from bulkhead.localcloud import server
 from bulkhead.localcloud.aws import LOCAL_CREDENTIALS
 
@@ -144,16 +144,23 @@ def test_configure__an_unreachable_host_is_named_and_the_others_converge(site, t
 
 
 def test_hosts_down__leaves_no_mount_namespace_or_process(site, tmp_path):
-    # Given: a set of sandboxes of its own (the module's site stays up for whichever test runs after)
+    # Given: a set of sandboxes of its own, of the routers the site left out (the site stays up for the tests
+    # that run after this one, and a host's namespace is named for its instance)
     sandboxes = Sandboxes(tmp_path / "own-hosts")
-    specs = site.specs[:2]
-    sandboxes.up(specs, s3_port=server.running(site.store.directory).port)
+    taken = {s.name for s in site.specs}
+    specs = [s for s in inventory.local_hosts(site.store_region, site.store, site.project_dir) if s.name not in taken]
+    assert len(specs) == 2
     directory = sandboxes.directory
-    namespaces = {s.netns for s in specs}
-    assert all(sandboxes.alive(s) for s in specs)
-    running = subprocess.run(["ip", "netns", "pids", specs[0].netns], capture_output=True, text=True, check=True)
-    assert running.stdout.split(), "its init runs inside its namespace"
-    # When: they are taken down; Then: nothing of them is left
+    namespaces = {s.netns for s in specs} | {fabric_netns(site.store_region, directory)}
+    try:
+        sandboxes.up(specs, s3_port=server.running(site.store.directory).port)
+        assert all(sandboxes.alive(s) for s in specs)
+        running = subprocess.run(["ip", "netns", "pids", specs[0].netns], capture_output=True, text=True, check=True)
+        assert running.stdout.split(), "its init runs inside its namespace"
+    except BaseException:
+        sandboxes.down()
+        raise
+    # When: they are taken down; Then: nothing of them is left, the region's bridge included
     assert sandboxes.down() == len(specs)
     mounts = Path("/proc/self/mounts").read_text()
     assert str(directory) not in mounts

@@ -143,6 +143,9 @@ class Sandboxes:
             except SandboxError:
                 self._remove(spec)
                 self._save([s for s in self.recorded() if s.name != spec.name])
+                if not any(s.region == spec.region for s in self.recorded()):
+                    # Nothing else uses the region's bridge: a failed first host must not leave it behind.
+                    _run("ip", "netns", "del", fabric_netns(spec.region, self.directory), check=False)
                 raise
             made.append(spec)
             log.info("sandbox up", extra={"host": spec.name, "role": spec.role, "address": spec.address})
