@@ -1,13 +1,16 @@
-"""One region of the local cloud with real sandbox hosts, configured once for the whole module."""
+"""One region of the local cloud with real sandbox hosts, configured once for the whole module.
+
+testinfra reaches a sandbox exactly as Ansible's connection does (`community.general.chroot` with the
+sandboxes' chroot wrapper as its `chroot_exe`: enter the namespace, then the root), without starting
+an `ansible` process for every check.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import pytest
-import testinfra
+import testinfra.host
+from testinfra.backend.base import CommandResult
+from testinfra.backend.chroot import ChrootBackend
 
 from bulkhead.hosts import converge, inventory
 from bulkhead.hosts.sandbox import Sandboxes
@@ -15,6 +18,22 @@ from bulkhead.localcloud import cloud, server
 from bulkhead.localcloud.state import Store
 
 REGION = "eu-west-1"
+
+
+class SandboxBackend(ChrootBackend):
+    """testinfra's chroot backend, through the wrapper that also enters the sandbox's network namespace."""
+
+    NAME = "sandbox"
+
+    def __init__(self, sandboxes: Sandboxes, spec) -> None:
+        self.wrapper = str(sandboxes.chroot_wrapper)
+        super().__init__(str(sandboxes.root(spec)))
+
+    def run(self, command: str, *args: str, **kwargs) -> CommandResult:
+        shell = self.get_command(command, *args)
+        result = self.run_local("%s %s /bin/sh -c %s", self.wrapper, self.name, shell)
+        result.command = self.encode(shell)
+        return result
 
 
 class Site:
@@ -28,14 +47,19 @@ class Site:
         self.inventory_path = inventory_path
         self.first_run = first_run
         self.specs = sandboxes.recorded()
+        self._hosts: dict[str, testinfra.host.Host] = {}
 
     def of_role(self, role: str, **tags: str):
         return [
             s for s in self.specs if s.role == role and all(s.tags.get(f"bulkhead:{k}") == v for k, v in tags.items())
         ]
 
-    def host(self, spec):
-        return testinfra.get_host(f"ansible://{spec.name}?ansible_inventory={self.inventory_path}&force_ansible=True")
+    def host(self, spec) -> testinfra.host.Host:
+        if spec.name not in self._hosts:
+            backend = SandboxBackend(self.sandboxes, spec)
+            self._hosts[spec.name] = host = testinfra.host.Host(backend)
+            backend.set_host(host)
+        return self._hosts[spec.name]
 
     def extra_vars(self, specs=None) -> dict:
         return converge.extra_vars(specs or self.specs, self.sandboxes, self.store, self.project_dir)
@@ -50,20 +74,17 @@ def site(project_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("site")
     store = Store(base / "local")
     sandboxes = Sandboxes(base / "hosts")
-    # testinfra's ansible backend runs the `ansible` command: this venv's, for this module only.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PATH", f"{Path(sys.prefix) / 'bin'}:{os.environ['PATH']}")
-        try:
-            cloud.up([REGION], store, project_dir=project_dir)
-            everything = inventory.local_hosts(REGION, store, project_dir)
-            # Both databases, a dyno host in every AZ, one router: every check, fewer hosts to converge.
-            specs = [s for s in everything if s.role != "router"] + [s for s in everything if s.role == "router"][:1]
-            sandboxes.up(specs, s3_port=server.running(store.directory).port)
-            path = inventory.write_inventory(specs, sandboxes, store)
-            extra = converge.extra_vars(specs, sandboxes, store, project_dir)
-            first = converge.converge(sandboxes, path, extra, project_dir)
-            assert first.succeeded, first.failures
-            yield Site(project_dir, store, sandboxes, path, first)
-        finally:
-            sandboxes.down()
-            server.stop(store.directory)
+    try:
+        cloud.up([REGION], store, project_dir=project_dir)
+        everything = inventory.local_hosts(REGION, store, project_dir)
+        # Both databases, a dyno host in every AZ, one router: every check, fewer hosts to converge.
+        specs = [s for s in everything if s.role != "router"] + [s for s in everything if s.role == "router"][:1]
+        sandboxes.up(specs, s3_port=server.running(store.directory).port)
+        path = inventory.write_inventory(specs, sandboxes, store)
+        extra = converge.extra_vars(specs, sandboxes, store, project_dir)
+        first = converge.converge(sandboxes, path, extra, project_dir)
+        assert first.succeeded, first.failures
+        yield Site(project_dir, store, sandboxes, path, first)
+    finally:
+        sandboxes.down()
+        server.stop(store.directory)

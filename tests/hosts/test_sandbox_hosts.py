@@ -1,4 +1,4 @@
-"""The roles on real sandbox hosts, checked with testinfra through the same connection Ansible uses."""
+"""The roles on real sandbox hosts, checked with testinfra through the same chroot-and-namespace path Ansible uses."""
 
 from __future__ import annotations
 

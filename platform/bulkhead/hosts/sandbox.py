@@ -265,8 +265,17 @@ class Sandboxes:
                 os.kill(int(pid), signal.SIGKILL)
         deadline = time.monotonic() + 5
         while pids and time.monotonic() < deadline:
-            pids = {p for p in pids if Path(f"/proc/{p}").exists()}
+            pids = {p for p in pids if _still_running(p)}
             time.sleep(0.05)
+
+
+def _still_running(pid: str) -> bool:
+    """The process exists and is not a zombie: a killed process waiting to be reaped holds no mount or file."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _mounts_under(directory: Path) -> list[str]:
