@@ -63,7 +63,6 @@ class StackRun:
 
 
 ReferenceResolver = Callable[[str], Mapping[str, Any]]
-current_urn = pulumi_sdk.current_urn
 
 
 def evaluate_stack(

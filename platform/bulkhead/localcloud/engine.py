@@ -19,7 +19,7 @@ from typing import Any
 
 import pulumi
 
-from bulkhead import stack_runner
+from bulkhead import pulumi_sdk, stack_runner
 from bulkhead.localcloud import translators
 from bulkhead.localcloud.aws import LocalAws, LocalCloudError, is_unreachable
 from bulkhead.localcloud.state import ResourceRecord, StackState, Store
@@ -98,7 +98,7 @@ class MotoMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         if not args.custom:
             return "", {}
-        urn = stack_runner.current_urn()
+        urn = pulumi_sdk.current_urn()
         with self._lock:
             if self.fault is not None:
                 # The run has failed: registrations still queued must not touch moto any more.
