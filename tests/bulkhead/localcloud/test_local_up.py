@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from bulkhead import project, topology
+from bulkhead import project, s3compat, topology
+from bulkhead.hosts import inventory
+from bulkhead.hosts.sandbox import Sandboxes
+from bulkhead.localcloud.aws import local_environment
 
 pytestmark = pytest.mark.moto
 
@@ -161,3 +168,25 @@ def test_up__archive_accepts_objects_though_moto_cannot_evaluate_the_tls_conditi
     (policy,) = [r for r in store.load("us-east-1").resources.values() if r.type == "aws:s3/bucketPolicy:BucketPolicy"
                  and r.inputs["bucket"] == bucket]  # fmt: skip
     assert "aws:SecureTransport" in policy.inputs["policy"] and policy.state["enforcedLocally"] == ""
+
+
+def test_inventory__local_groups_are_the_ones_the_aws_ec2_plugin_makes_from_the_same_instances(deployed, tmp_path):
+    """Playbooks target groups by name: the sandboxes' inventory must group hosts as the AWS one does."""
+    store, clients, _ = deployed
+    environment = {**os.environ, **local_environment(), **s3compat.environment(clients.endpoint),
+                   "AWS_ENDPOINT_URL": clients.endpoint, "ANSIBLE_INVENTORY_ENABLED": "amazon.aws.aws_ec2"}  # fmt: skip
+    listed = subprocess.run(
+        [str(Path(sys.prefix) / "bin" / "ansible-inventory"), "-i", str(PROJECT_DIR / "roles/inventory/aws_ec2.yml"),
+         "--list"],
+        capture_output=True, text=True, env=environment, timeout=120, check=True,
+    )  # fmt: skip
+    aws = {name: set(group.get("hosts", [])) for name, group in json.loads(listed.stdout).items()}
+    local: dict[str, set[str]] = {}
+    for region in REGIONS:
+        specs = inventory.local_hosts(region, store, PROJECT_DIR)
+        address = {s.name: s.address for s in specs}
+        document = inventory.inventory(specs, Sandboxes(tmp_path / region))
+        for name, group in document["all"]["children"].items():
+            local.setdefault(name, set()).update(address[h] for h in group["hosts"])
+    assert {name: hosts for name, hosts in aws.items() if name not in ("all", "aws_ec2", "ungrouped", "_meta")} == local
+    assert {"role_router", "role_dyno_host", "postgres_primary", "postgres_standby", "region_eu_west_1"} <= set(local)
