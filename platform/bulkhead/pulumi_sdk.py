@@ -17,6 +17,7 @@ from typing import Any
 
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
 
 from bulkhead.errors import BulkheadError
 
@@ -97,7 +98,6 @@ def run_program(program: Callable[[], Any]) -> dict[str, Any]:
 
 def reveal(value: Any) -> Any:
     """A deserialized value with Pulumi's secret wrappers removed."""
-    rpc = importlib.import_module("pulumi.runtime.rpc")
     if isinstance(value, dict):
         if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
             return reveal(value.get("value"))
@@ -140,7 +140,6 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             registration = self.resources[response.urn]
-            rpc = importlib.import_module("pulumi.runtime.rpc")
             self._on_register(
                 urn=response.urn,
                 type=request.type,
@@ -158,7 +157,6 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         # StackReference reads the referenced stack's outputs: answer them here, whichever mocks run.
         if request.type != self.stack_reference:
             return super().ReadResource(request)
-        rpc = importlib.import_module("pulumi.runtime.rpc")
         response_type = _lookup("pulumi.runtime.proto.resource_pb2", "ReadResourceResponse")
         name = request.id
         state = {"name": name, "outputs": dict(self._references(name)), "secretOutputNames": []}
