@@ -7,6 +7,7 @@ raise `ConfigError` with one line that names the key and the fix. Nothing is cre
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -331,9 +332,13 @@ class StackFiles:
         self.project_dir = project_dir
         self._configs: dict[str, dict[str, Any]] = {stack: dict(c) for stack, c in (configs or {}).items()}
 
-    def names(self) -> list[str]:
-        """Every stack, region stacks first, then the global stack."""
+    @functools.cached_property
+    def _names(self) -> list[str]:
         return stack_names(self.project_dir)
+
+    def names(self) -> list[str]:
+        """Every stack, region stacks first, then the global stack (the directory is listed once)."""
+        return list(self._names)
 
     def config(self, stack: str) -> dict[str, Any]:
         """The stack's config map as written (read from its file the first time)."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from bulkhead.backup import wal
 from bulkhead.backup.settings import BackupError
 
 if TYPE_CHECKING:
     from bulkhead.backup.catalog import Backup
+    from bulkhead.backup.restore import RestoreJob
     from bulkhead.backup.store import StoredObject
 
 
@@ -82,20 +83,17 @@ def restore_blocker(verification: Verification, target_time: dt.datetime | None)
     early. A point-in-time restore may go ahead: recovery stops at the target time or at the gap, and
     PostgreSQL refuses to open a database short of its target. A gap the backup itself needs stops all.
     """
-    gap = verification.continuity
-    if gap.missing is None:
+    if verification.continuity.missing is None:
         return None
-    if target_time is not None and gap.last_contiguous is not None and not verification.missing_inside_backup():
+    # A missing start of the backup counts as missing inside it: no point in time can be reached then.
+    if target_time is not None and not verification.missing_inside_backup():
         return None
     return verification.problem()
 
 
-Job = TypeVar("Job")
-
-
-def restore_order(jobs: Iterable[Job], priority_of) -> list[Job]:
-    """Lowest `priority_of(job)` first (paying customers before free ones); among equals, the order given."""
-    return sorted(jobs, key=priority_of)
+def restore_order(jobs: Iterable[RestoreJob]) -> list[RestoreJob]:
+    """Lowest `priority` first (paying customers before free ones); among equals, the order given."""
+    return sorted(jobs, key=lambda job: job.priority)
 
 
 def uploaded_bytes(before: set[str], objects: Iterable[StoredObject]) -> int:

@@ -118,7 +118,7 @@ def restore_fleet(
     rename, anything but an interrupt) becomes its outcome, and the other jobs carry on. A worker
     takes the next job only when it is free, so a job starts only after every more important one has.
     """
-    queue = restore_order(jobs, lambda job: job.priority)
+    queue = restore_order(jobs)
     outcomes: dict[int, RestoreOutcome] = {}
     lock = threading.Lock()
     taken = iter(range(len(queue)))
