@@ -27,6 +27,7 @@ REGION_KEYS = (
     "bulkhead:routersPerAz", "bulkhead:routerWarmPool", "bulkhead:dynoHostsPerCellAz",
     "bulkhead:maxConnectionsPerBackend", "bulkhead:routerInstanceType", "bulkhead:dynoInstanceType",
     "bulkhead:postgresInstanceType", "bulkhead:imageOwner", "bulkhead:imageNamePattern", "bulkhead:ansibleRepo",
+    "bulkhead:ansibleRef",
     "bulkhead:alertEmail", "bulkhead:archiveRetentionDays",
 )  # fmt: skip
 GLOBAL_KEYS = (
@@ -71,6 +72,7 @@ def region_stack(spec: topology.RegionSpec) -> None:
             warm_pool=spec.router_warm_pool,
             max_connections_per_backend=spec.max_connections_per_backend,
             ansible_repo=spec.ansible_repo,
+            ansible_ref=spec.ansible_ref,
             tags=tags,
         ),
     )
@@ -87,6 +89,7 @@ def region_stack(spec: topology.RegionSpec) -> None:
                 instance_type=spec.dyno_instance_type,
                 hosts_per_az=spec.dyno_hosts_per_cell_az,
                 ansible_repo=spec.ansible_repo,
+                ansible_ref=spec.ansible_ref,
                 tags={**tags, "bulkhead:cell": str(cell)},
             ),
         )
@@ -100,6 +103,7 @@ def region_stack(spec: topology.RegionSpec) -> None:
             server=spec.database_server,
             archive_bucket=spec.archive_bucket,
             vpc_id=network.vpc_id,
+            vpc_cidr=spec.vpc_cidr,
             primary_az=spec.availability_zones[0],
             standby_az=spec.availability_zones[1],
             private_subnet_ids=network.private_subnet_ids,
@@ -108,6 +112,7 @@ def region_stack(spec: topology.RegionSpec) -> None:
             instance_type=spec.postgres_instance_type,
             retention_days=spec.archive_retention_days,
             ansible_repo=spec.ansible_repo,
+            ansible_ref=spec.ansible_ref,
             tags=tags,
         ),
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from bulkhead import bootstrap
+from bulkhead import bootstrap, parameters
 
 from .host_helpers import agent_policy, host_tags, instance_profile, policy_document
 
@@ -28,6 +28,7 @@ class PostgresArgs:
     server: str
     archive_bucket: str
     vpc_id: pulumi.Input[str]
+    vpc_cidr: str
     primary_az: str
     standby_az: str
     private_subnet_ids: dict[str, pulumi.Input[str]]
@@ -36,6 +37,7 @@ class PostgresArgs:
     instance_type: str
     retention_days: int
     ansible_repo: str
+    ansible_ref: str
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -229,6 +231,14 @@ class Postgres(pulumi.ComponentResource):
                     "Resource": [archive.arn],
                     "Condition": {"StringLike": {"s3:prefix": [server, f"{server}/*"]}},
                 },
+                # The primary publishes its address and the replication password; the standby reads them.
+                {
+                    "Effect": "Allow",
+                    "Action": ["ssm:GetParameter", "ssm:PutParameter"],
+                    "Resource": [
+                        parameters.arn(self._args.region, parameters.database_path(self._args.region, server))
+                    ],
+                },
             ],
         )
 
@@ -247,6 +257,7 @@ class Postgres(pulumi.ComponentResource):
             "postgres_replication_role": replication_role,
             "postgres_server_name": args.server,
             "postgres_archive_bucket": args.archive_bucket,
+            "postgres_allowed_networks": [args.vpc_cidr],
         }
         return aws.ec2.Instance(
             name,
@@ -256,8 +267,10 @@ class Postgres(pulumi.ComponentResource):
             availability_zone=az,
             vpc_security_group_ids=[group.id],
             iam_instance_profile=profile.name,
-            user_data=bootstrap.user_data("postgres", facts, args.ansible_repo),
-            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required", http_endpoint="enabled"),
+            user_data=bootstrap.user_data("postgres", facts, args.ansible_repo, args.ansible_ref),
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                http_tokens="required", http_endpoint="enabled", instance_metadata_tags="enabled"
+            ),
             tags={**host_tags("postgres", args.region, az, postgres=replication_role), "Name": name},
             # The instance reads the bucket name from its facts; it must exist before the first archive.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[archive]),

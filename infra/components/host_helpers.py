@@ -59,7 +59,10 @@ def launch_template(
         iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
         vpc_security_group_ids=security_group_ids,
         user_data=user_data_base64,
-        metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(http_tokens="required", http_endpoint="enabled"),
+        # Tags in the metadata service: a first boot learns its role and AZ from them, with no API call.
+        metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+            http_tokens="required", http_endpoint="enabled", instance_metadata_tags="enabled"
+        ),
         tag_specifications=[
             aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="instance", tags=dict(tags)),
         ],

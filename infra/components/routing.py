@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from bulkhead import bootstrap
+from bulkhead import bootstrap, parameters
 
 from .host_helpers import agent_policy, host_tags, instance_profile, launch_template, per_az_group
 
@@ -35,6 +35,7 @@ class RoutingMeshArgs:
     warm_pool: int
     max_connections_per_backend: int
     ansible_repo: str
+    ansible_ref: str
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -60,7 +61,25 @@ class RoutingMesh(pulumi.ComponentResource):
             opts=child,
         )
         target_groups = [self._listener(name, args, balancer, port) for port in ROUTER_PORTS]
-        profile = instance_profile(f"{name}-router", agent_policy(args.region, "Bulkhead/Router"), self, args.tags)
+        profile = instance_profile(
+            f"{name}-router",
+            agent_policy(
+                args.region,
+                "Bulkhead/Router",
+                [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["ssm:GetParametersByPath", "ssm:GetParameter"],
+                        "Resource": [
+                            f"arn:aws:ssm:{args.region}:*:parameter{parameters.routes_path(args.region)}",
+                            parameters.arn(args.region, parameters.routes_path(args.region)),
+                        ],
+                    }
+                ],
+            ),
+            self,
+            args.tags,
+        )
         facts = {
             "bulkhead_region": args.region,
             "router_max_connections_per_backend": args.max_connections_per_backend,
@@ -71,7 +90,7 @@ class RoutingMesh(pulumi.ComponentResource):
             instance_type=args.instance_type,
             profile=profile,
             security_group_ids=[router_group.id],
-            user_data_base64=bootstrap.user_data_base64("router", facts, args.ansible_repo),
+            user_data_base64=bootstrap.user_data_base64("router", facts, args.ansible_repo, args.ansible_ref),
             tags=host_tags("router", args.region),
             parent=self,
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from bulkhead import bootstrap
+from bulkhead import bootstrap, parameters
 
 from .host_helpers import agent_policy, host_tags, instance_profile, launch_template, per_az_group
 
@@ -32,6 +32,7 @@ class DynoCellArgs:
     instance_type: str
     hosts_per_az: int
     ansible_repo: str
+    ansible_ref: str
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -59,7 +60,23 @@ class DynoCell(pulumi.ComponentResource):
             tags=args.tags,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        profile = instance_profile(name, agent_policy(args.region, "Bulkhead/Runtime"), self, args.tags)
+        profile = instance_profile(
+            name,
+            agent_policy(
+                args.region,
+                "Bulkhead/Runtime",
+                # Each host publishes its app processes' routes for the routers (and withdraws them).
+                [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["ssm:PutParameter", "ssm:DeleteParameter"],
+                        "Resource": [parameters.arn(args.region, parameters.routes_path(args.region))],
+                    }
+                ],
+            ),
+            self,
+            args.tags,
+        )
         template = launch_template(
             name,
             image_id=args.image_id,
@@ -67,7 +84,10 @@ class DynoCell(pulumi.ComponentResource):
             profile=profile,
             security_group_ids=[group.id],
             user_data_base64=bootstrap.user_data_base64(
-                "dyno_host", {"bulkhead_region": args.region, "bulkhead_cell": args.cell}, args.ansible_repo
+                "dyno_host",
+                {"bulkhead_region": args.region, "bulkhead_cell": args.cell},
+                args.ansible_repo,
+                args.ansible_ref,
             ),
             tags=host_tags("dyno_host", args.region, cell=cell),
             parent=self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -11,17 +12,23 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from bulkhead import logs, plan, project, topology
-from bulkhead.backup import commands as db_commands
-from bulkhead.errors import EXIT_INTERRUPTED, BulkheadError
-from bulkhead.hosts import commands as hosts_commands
-from bulkhead.localcloud import commands as local_commands
+from bulkhead import logs, project, topology
+from bulkhead.errors import EXIT_INTERRUPTED, BulkheadError, UsageError
 
 log = logging.getLogger("bulkhead")
+# Command groups, by the extra they need: a host installs `bulkhead[host]` alone and still gets `db`.
+GROUPS = (
+    ("local", "bulkhead.localcloud.commands", "controller"),
+    ("db", "bulkhead.backup.commands", "host"),
+    ("hosts", "bulkhead.hosts.commands", "controller"),
+    ("image", "bulkhead.hosts.image_commands", "controller"),
+)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Evaluate stacks with invented ids and print what each would create."""
+    from bulkhead import plan
+
     project_dir = project.find(args.project)
     runs = plan.evaluate_all(project_dir, topology.select_stacks(project_dir, args.stacks))
     if args.json:
@@ -65,10 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--stacks", help="comma-separated stacks (default: every Pulumi.<stack>.yaml)")
     plan_parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     plan_parser.set_defaults(handler=cmd_plan)
-    local_commands.register(commands)
-    db_commands.register(commands)
-    hosts_commands.register(commands)
+    for name, module, extra in GROUPS:
+        try:
+            importlib.import_module(module).register(commands)
+        except ModuleNotFoundError as missing:
+            if (missing.name or "").startswith("bulkhead"):
+                raise
+            _unavailable(commands, name, extra, missing.name or "a dependency")
     return parser
+
+
+def _unavailable(commands: argparse._SubParsersAction, name: str, extra: str, module: str) -> None:
+    """A command group whose dependencies this installation lacks: it says which extra to install."""
+
+    def refuse(_: argparse.Namespace) -> int:
+        raise UsageError(f"`bulkhead {name}` needs {module}, which this installation lacks; "
+                         f"install bulkhead[{extra}]")  # fmt: skip
+
+    group = commands.add_parser(name, help=f"(needs bulkhead[{extra}])", add_help=False)
+    group.add_argument("rest", nargs=argparse.REMAINDER)
+    group.set_defaults(handler=refuse)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,6 +70,7 @@ class RegionSpec:
     image_owner: str
     image_name_pattern: str
     ansible_repo: str
+    ansible_ref: str
     alert_email: str | None
     archive_retention_days: int
 
@@ -207,6 +208,7 @@ def region_spec(stack: str, raw: Mapping[str, Any], peer_cidrs: Mapping[str, str
         image_owner=str(raw.get("bulkhead:imageOwner") or "136693071363"),
         image_name_pattern=str(raw.get("bulkhead:imageNamePattern") or "debian-12-amd64-*"),
         ansible_repo=str(raw.get("bulkhead:ansibleRepo") or "https://github.com/bulkhead-platform/bulkhead.git"),
+        ansible_ref=str(raw.get("bulkhead:ansibleRef") or "main"),
         alert_email=(str(raw["bulkhead:alertEmail"]) if raw.get("bulkhead:alertEmail") else None),
         archive_retention_days=_int(
             stack, "bulkhead:archiveRetentionDays", _or(raw, "bulkhead:archiveRetentionDays", 35), minimum=7

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -12,6 +14,7 @@ from rich.table import Table
 
 from bulkhead import clock
 from bulkhead.backup import base_backup, catalog, copy, restore
+from bulkhead.backup.decisions import seconds_until_due
 from bulkhead.backup.settings import (
     DEFAULT_ARCHIVE_TIMEOUT,
     Archive,
@@ -37,7 +40,14 @@ def cmd_archive_command(args: argparse.Namespace) -> int:
     return 0
 
 
+log = logging.getLogger("bulkhead.db")
+# After a failed scheduled backup (archive down, server restarting), try again this soon, not a day later.
+RETRY_SECONDS = 60
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
+    if args.every:
+        return _backup_on_schedule(args)
     console = Console(stderr=True)
     with console.status("starting base backup") as status:
 
@@ -51,6 +61,27 @@ def cmd_backup(args: argparse.Namespace) -> int:
     seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
     print(f"backup {made.backup_id} done in {seconds:.1f} s: WAL {made.begin_wal}..{made.end_wal}")
     return 0
+
+
+def _backup_on_schedule(args: argparse.Namespace) -> int:
+    """Run for ever under a supervisor: a base backup whenever the newest in the archive is `--every` old."""
+    archive = _archive(args)
+    while True:
+        try:
+            backups = catalog.list_backups(archive)
+            newest = backups[-1].end_time if backups else None
+            wait = seconds_until_due(newest, args.every, dt.datetime.now(dt.UTC))
+            if wait > 0:
+                log.info("next base backup due", extra={"in_seconds": round(wait)})
+                time.sleep(wait)
+                continue
+            made = base_backup.backup(archive, args.host, args.port, args.user, args.jobs, args.timeout)
+            log.info("scheduled base backup done", extra={"backup_id": made.backup_id, "end_wal": made.end_wal})
+        except BackupError as error:
+            log.error(
+                "scheduled base backup failed; retrying", extra={"error": str(error), "in_seconds": RETRY_SECONDS}
+            )
+            time.sleep(RETRY_SECONDS)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -125,6 +156,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     backup_parser.add_argument("--jobs", type=int, default=4, help="parallel upload processes (default 4)")
     backup_parser.add_argument(
         "--timeout", type=float, default=3600, help="give up after this many seconds (default 3600)"
+    )
+    backup_parser.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="run until stopped, taking a backup whenever the newest in the archive is this old (for supervisord)",
     )
     listing = verb("list", "list backups with their WAL range and times", cmd_list)
     listing.add_argument("--json", action="store_true", help="print as JSON")

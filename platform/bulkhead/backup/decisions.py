@@ -99,3 +99,10 @@ def restore_order(jobs: Iterable[RestoreJob]) -> list[RestoreJob]:
 def uploaded_bytes(before: set[str], objects: Iterable[StoredObject]) -> int:
     """Bytes of a backup in progress: objects that were not in the archive when it started."""
     return sum(o.size for o in objects if o.key not in before)
+
+
+def seconds_until_due(newest_end: dt.datetime | None, every: float, now: dt.datetime) -> float:
+    """How long a scheduler waits before the next base backup: none yet, or the newest as old as `every`: 0."""
+    if newest_end is None:
+        return 0.0
+    return max(0.0, every - (now - newest_end).total_seconds())

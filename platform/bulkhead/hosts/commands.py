@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import subprocess
 import time
 
 from rich.console import Console
 from rich.table import Table
 
 from bulkhead import project
-from bulkhead.hosts import converge, inventory
-from bulkhead.hosts.sandbox import SandboxError, Sandboxes
+from bulkhead.hosts import converge, fabric, image, inventory
+from bulkhead.hosts.sandbox import HostSpec, SandboxError, Sandboxes
 from bulkhead.localcloud import server
 from bulkhead.localcloud.state import Store
 
@@ -19,12 +22,99 @@ def cmd_up(args: argparse.Namespace) -> int:
     project_dir = project.find(args.project)
     sandboxes, store = Sandboxes.of_project(project_dir), Store.of_project(project_dir)
     specs = inventory.local_hosts(args.region, store, project_dir)
+    if args.role:
+        specs = [s for s in specs if s.role == args.role or s.tags.get("bulkhead:postgres") == args.role]
     info = server.running(store.directory)
+    if args.from_image:
+        base = image.image_for(image.default_settings())
+        problem = base.problem()
+        if problem:
+            raise SandboxError(f"{problem}; run `bulkhead image build`")
+        specs = [dataclasses.replace(s, image=str(base.root)) for s in specs]
     with Console(stderr=True).status(f"making {len(specs)} sandbox hosts"):
-        made = sandboxes.up(specs, s3_port=info.port if info else None)
+        made = sandboxes.up(specs, s3_port=None if args.from_image else info.port if info else None)
+        if args.from_image:
+            if info is None:
+                raise SandboxError("the local cloud is not running; run `bulkhead local up`")
+            fabric.ensure(sandboxes, project_dir, info.port, image.cache_dir())
+            for spec in made:
+                sandboxes.boot(spec, args.metadata_timeout)
     inventory.write_inventory(sandboxes.recorded(), sandboxes, store)
     print(f"{len(made)} sandbox hosts made, {len(specs) - len(made)} already there")
+    if args.from_image and made:
+        print("first boots started: follow them with `bulkhead hosts wait`")
     return cmd_list(args)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Wait for every first boot from the image, then show each host's boot time and result."""
+    sandboxes = Sandboxes.of_project(project.find(args.project))
+    specs = [s for s in sandboxes.recorded() if s.image]
+    if not specs:
+        raise SandboxError("no sandbox was booted from the image; run `bulkhead hosts up --from-image`")
+    deadline = time.monotonic() + args.timeout
+    results: dict[str, dict | None] = {}
+    with Console(stderr=True).status("waiting for first boots") as status:
+        while True:
+            results = {s.name: sandboxes.boot_result(s) for s in specs}
+            done = sum(r is not None for r in results.values())
+            status.update(f"first boots: {done} of {len(specs)} finished")
+            if done == len(specs) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    rows = []
+    for spec in specs:
+        result = results[spec.name]
+        seconds = result["seconds"] if result else round(time.time() - sandboxes.boot_started(spec))
+        rows.append({"name": spec.name, "role": _role(spec), "az": spec.az, "seconds": seconds,
+                     "result": result["result"] if result else "timed out"})  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table(title="first boots from the image")
+        for column in ("host", "role", "az", "seconds", "result"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(row["name"], row["role"], row["az"], str(row["seconds"]), row["result"])
+        Console().print(table)
+    failed = [spec for spec, row in zip(specs, rows, strict=True) if row["result"] != "ok"]
+    if failed:
+        Console(stderr=True).print("\n".join(_boot_failure(sandboxes, spec, results[spec.name]) for spec in failed),
+                                   markup=False, highlight=False)  # fmt: skip
+        raise SandboxError(
+            f"{len(failed)} of {len(specs)} first boots did not finish well: "
+            + ", ".join(f"{s.name} ({_role(s)})" for s in failed)
+        )
+    return 0
+
+
+def _role(spec: HostSpec) -> str:
+    return spec.tags.get("bulkhead:postgres") or spec.role
+
+
+def _boot_failure(sandboxes: Sandboxes, spec: HostSpec, result: dict | None) -> str:
+    log_path = sandboxes.boot_log(spec)
+    try:
+        tail = log_path.read_text(errors="replace").rstrip().splitlines()[-15:]
+    except OSError:
+        tail = ["(no boot log yet)"]
+    what = f"failed (exit {result['exit']})" if result else "did not finish in time"
+    lines = "\n".join(f"  | {line}" for line in tail)
+    return f"host {spec.name} ({_role(spec)}, {spec.az}): first boot {what}; the end of {log_path}:\n{lines}"
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """Run a command inside one sandbox, in its namespace and on its root, with this terminal's stdio."""
+    sandboxes = Sandboxes.of_project(project.find(args.project))
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise SandboxError("name the command to run: bulkhead hosts exec HOST -- CMD...")
+    matches = [s for s in sandboxes.recorded() if args.host in (s.name, s.address)]
+    if not matches:
+        known = ", ".join(s.name for s in sandboxes.recorded()) or "none; run `bulkhead hosts up`"
+        raise SandboxError(f"no sandbox host {args.host!r}; known hosts: {known}")
+    return subprocess.run([str(sandboxes.chroot_wrapper), str(sandboxes.root(matches[0])), *command],
+                          check=False).returncode  # fmt: skip
 
 
 def cmd_configure(args: argparse.Namespace) -> int:
@@ -93,11 +183,17 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     sandboxes = Sandboxes.of_project(project.find(args.project))
     specs = sandboxes.recorded()
+    if getattr(args, "json", False):
+        print(json.dumps([{"name": s.name, "role": s.role, "postgres": s.tags.get("bulkhead:postgres"),
+                           "region": s.region, "az": s.az, "address": s.address, "netns": s.netns,
+                           "root": "image" if s.image else "fast"} for s in specs], indent=2))  # fmt: skip
+        return 0
     table = Table(title=f"sandbox hosts in {sandboxes.directory}")
-    for column in ("host", "role", "region", "az", "address", "network namespace"):
+    for column in ("host", "role", "region", "az", "address", "network namespace", "root"):
         table.add_column(column)
     for spec in specs:
-        table.add_row(spec.name, spec.role, spec.region, spec.az, spec.address, spec.netns)
+        table.add_row(spec.name, _role(spec), spec.region, spec.az, spec.address, spec.netns,
+                      "image" if spec.image else "fast")  # fmt: skip
     Console().print(table)
     return 0
 
@@ -121,12 +217,31 @@ def register(commands: argparse._SubParsersAction) -> None:
     verbs = hosts.add_subparsers(dest="verb", required=True, metavar="VERB")
     up = verbs.add_parser("up", help="make a sandbox for each instance of a region in the local cloud")
     up.add_argument("--region", default="eu-west-1", help="region stack whose instances get sandboxes")
+    up.add_argument(
+        "--from-image",
+        action="store_true",
+        help="boot each sandbox from the base image through its own user data, as EC2 does (see `bulkhead image`); "
+        "default: an overlay of this machine's root, configured by `hosts configure`",
+    )
+    up.add_argument("--role", help="only the instances of this role (router, dyno_host, postgres, primary, standby)")
+    up.add_argument("--metadata-timeout", type=float, default=30, metavar="S",
+                    help="seconds a first boot waits for the metadata service (default 30)")  # fmt: skip
     up.set_defaults(handler=cmd_up)
+    wait = verbs.add_parser("wait", help="wait for every first boot from the image; show boot time and result")
+    wait.add_argument("--timeout", type=float, default=600, metavar="S", help="give up after S seconds (default 600)")
+    wait.add_argument("--json", action="store_true", help="print each host's name, role, seconds and result as JSON")
+    wait.set_defaults(handler=cmd_wait)
+    run = verbs.add_parser("exec", help="run a command inside a sandbox: bulkhead hosts exec HOST -- CMD...")
+    run.add_argument("host", metavar="HOST", help="instance id or private address")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    run.set_defaults(handler=cmd_exec)
     configure = verbs.add_parser("configure", help="run the Ansible playbooks against the sandboxes")
     configure.add_argument("--limit", help="an Ansible host pattern, e.g. role_router")
     configure.add_argument("--playbook", default="site.yml", help="playbook under roles/ (default site.yml)")
     configure.set_defaults(handler=cmd_configure)
-    verbs.add_parser("list", help="show the sandbox hosts").set_defaults(handler=cmd_list)
+    listing = verbs.add_parser("list", help="show the sandbox hosts")
+    listing.add_argument("--json", action="store_true", help="name, role, region, AZ, address, namespace as JSON")
+    listing.set_defaults(handler=cmd_list)
     verbs.add_parser(
         "smoke", help="an HTTP request through a router, and a row from the primary read on the standby"
     ).set_defaults(handler=cmd_smoke)

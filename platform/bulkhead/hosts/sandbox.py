@@ -2,14 +2,21 @@
 
 A sandbox is a network namespace holding the instance's own private address (the one the local cloud
 gave it), joined to its region's other sandboxes through a bridge in a "fabric" namespace (the VPC),
-and an overlay of the root filesystem, so that what a role installs or writes stays in the sandbox.
-supervisord runs inside as the sandbox's init. Nothing here touches the machine's own network.
+and an overlay root, so that what a role installs or writes stays in the sandbox. Two kinds of root:
+- fast: an overlay of this machine's root (upper layer on a tmpfs), where `scripts/setup` installed what
+  the roles need; supervisord, started here, is the sandbox's init;
+- image: an overlay of the base image (`bulkhead.hosts.image`, upper layer on disk), booted as EC2 boots
+  an instance: the first boot fetches the instance's user data from the metadata service and runs it
+  once, logging to /var/log/cloud-init-output.log, as cloud-init does. Its only way out is the region's
+  relay at 169.254.169.1 and the metadata service at 169.254.169.254 (`bulkhead.hosts.fabric`).
+Nothing here touches the machine's own network.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -30,6 +37,39 @@ CHROOT_WRAPPER = """#!/bin/sh
 root="$1"
 exec ip netns exec "$(cat "$(dirname "$root")/netns")" chroot "$@"
 """
+# cloud-init's part of a first boot, run inside an image sandbox: fetch the user data from the metadata
+# service and run it, once per instance. The result lands in boot-finished.json for `hosts wait`.
+FIRST_BOOT = r"""
+set -u
+instance=/var/lib/cloud/instance
+[ -e $instance/boot-finished.json ] && exit 0
+mkdir -p $instance
+exec >>/var/log/cloud-init-output.log 2>&1
+started=$(date +%s)
+finish() {
+  printf '{"result": "%s", "exit": %s, "seconds": %s}\n' "$1" "$2" "$(( $(date +%s) - started ))" \
+    > $instance/boot-finished.json.new && mv $instance/boot-finished.json.new $instance/boot-finished.json
+  exit "$2"
+}
+echo "first boot at $(date -u +%FT%TZ): user data from the metadata service"
+imds=http://169.254.169.254/latest
+token=$(curl -sf --max-time "$TIMEOUT" -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 21600" $imds/api/token) || {
+  echo "the metadata service at 169.254.169.254 did not answer within $TIMEOUT s: no user data to run"
+  finish failed 1
+}
+curl -sf --max-time "$TIMEOUT" -H "X-aws-ec2-metadata-token: $token" -o $instance/user-data.txt $imds/user-data || {
+  echo "the metadata service has no user data for this instance"
+  finish failed 1
+}
+chmod 0700 $instance/user-data.txt
+$instance/user-data.txt
+code=$?
+[ $code -eq 0 ] && finish ok 0
+echo "user data exited $code"
+finish failed $code
+"""
+LINK_LOCAL = "169.254.0.0/16"
+FABRIC_ADDRESSES = ("169.254.169.254/16", "169.254.169.1/16")
 
 
 class SandboxError(BulkheadError):
@@ -52,6 +92,8 @@ class HostSpec:
     address: str
     prefix_length: int
     tags: dict[str, str] = field(default_factory=dict)
+    # The base image's root, for a sandbox booted from it; empty for an overlay of this machine's root.
+    image: str = ""
 
     @property
     def token(self) -> str:
@@ -105,6 +147,38 @@ class Sandboxes:
     def chroot_wrapper(self) -> Path:
         return self.directory / "sandbox-chroot"
 
+    def boot_log(self, spec: HostSpec) -> Path:
+        return self.root(spec) / "var/log/cloud-init-output.log"
+
+    def boot_started(self, spec: HostSpec) -> float:
+        """When the first boot started (seconds since the epoch)."""
+        return float((self.directory / spec.name / "booted-at").read_text())
+
+    def boot_result(self, spec: HostSpec) -> dict | None:
+        """The first boot's result (`result`, `exit`, `seconds`), or None while it runs."""
+        path = self.root(spec) / "var/lib/cloud/instance/boot-finished.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    # --- helper processes (caches, relays) that live as long as the sandboxes ---
+
+    def remember_helper(self, name: str, pid: int) -> None:
+        helpers = self.helpers()
+        helpers[name] = pid
+        write_json(self.directory / "helpers.json", helpers)
+
+    def helpers(self) -> dict[str, int]:
+        path = self.directory / "helpers.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def forget_helper(self, name: str) -> None:
+        pid = self.helpers().pop(name, None)
+        if pid is not None:
+            _kill_group(pid)
+            write_json(self.directory / "helpers.json", {k: v for k, v in self.helpers().items() if k != name})
+
     # --- up ---
 
     def alive(self, spec: HostSpec) -> bool:
@@ -157,12 +231,15 @@ class Sandboxes:
         for path in (layers, root):
             path.mkdir(parents=True, exist_ok=True)
         (base / "netns").write_text(spec.netns)
-        # The overlay's upper layer lives on a tmpfs: it may not sit inside its own lower layer, "/".
-        _run("mount", "-t", "tmpfs", "-o", "size=2g,mode=0755", f"bh-{spec.token}", str(layers))
-        (layers / "upper").mkdir()
-        (layers / "work").mkdir()
+        if not spec.image:
+            # The overlay's upper layer lives on a tmpfs: it may not sit inside its own lower layer, "/".
+            _run("mount", "-t", "tmpfs", "-o", "size=2g,mode=0755", f"bh-{spec.token}", str(layers))
+        # An image sandbox's upper layer is on disk: what its roles install (PostgreSQL, Ansible) is large.
+        (layers / "upper").mkdir(exist_ok=True)
+        (layers / "work").mkdir(exist_ok=True)
+        lower = spec.image or "/"
         _run("mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir=/,upperdir={layers / 'upper'},workdir={layers / 'work'}", str(root))  # fmt: skip
+             f"lowerdir={lower},upperdir={layers / 'upper'},workdir={layers / 'work'}", str(root))  # fmt: skip
         _run("mount", "-t", "proc", "proc", str(root / "proc"))
         _run("mount", "--rbind", "/dev", str(root / "dev"))
         _run("mount", "--make-rslave", str(root / "dev"))
@@ -178,6 +255,8 @@ class Sandboxes:
             )
         (root / "etc" / "hostname").write_text(spec.name + "\n")
         self._network(spec)
+        if spec.image:
+            return  # booted by `boot`, once the region's metadata service and relay listen
         if s3_port:
             self._s3_endpoint(spec, s3_port)
         self._start_init(spec)
@@ -188,6 +267,11 @@ class Sandboxes:
             _run("ip", "netns", "add", fabric)
             _run("ip", "-n", fabric, "link", "add", "br0", "type", "bridge")
             _run("ip", "-n", fabric, "link", "set", "br0", "up")
+            # Where the metadata service and the NAT relay answer (bulkhead.hosts.fabric).
+            for address in FABRIC_ADDRESSES:
+                _run("ip", "-n", fabric, "addr", "add", address, "dev", "br0")
+        network = ipaddress.ip_network(f"{spec.address}/{spec.prefix_length}", strict=False)
+        _run("ip", "-n", fabric, "route", "replace", str(network), "dev", "br0")
         _run("ip", "netns", "add", spec.netns)
         _run("ip", "-n", spec.netns, "link", "set", "lo", "up")
         outer = f"v{spec.token}"
@@ -195,6 +279,8 @@ class Sandboxes:
         _run("ip", "-n", fabric, "link", "set", outer, "master", "br0", "up")
         _run("ip", "-n", spec.netns, "addr", "add", f"{spec.address}/{spec.prefix_length}", "dev", "eth0")
         _run("ip", "-n", spec.netns, "link", "set", "eth0", "up")
+        # Link-local reach to the metadata service and the relay; no default route: nothing else is reachable.
+        _run("ip", "-n", spec.netns, "route", "add", LINK_LOCAL, "dev", "eth0")
 
     def _s3_endpoint(self, spec: HostSpec, port: int) -> None:
         """Relay 127.0.0.1:port inside the sandbox to the moto server on this machine's loopback.
@@ -227,11 +313,25 @@ class Sandboxes:
                 raise SandboxError(f"host {spec.name}: supervisord did not start; see {root}/var/log/supervisor/")
             time.sleep(0.1)
 
+    def boot(self, spec: HostSpec, metadata_timeout: float = 30) -> None:
+        """Start an image sandbox's first boot in the background (`boot_result` tells when it is done)."""
+        environment = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+                       "LANG": "C.UTF-8", "TIMEOUT": str(int(metadata_timeout))}  # fmt: skip
+        (self.directory / spec.name / "booted-at").write_text(str(time.time()))
+        subprocess.Popen(
+            ["ip", "netns", "exec", spec.netns, "chroot", str(self.root(spec)), "/bin/sh", "-c", FIRST_BOOT],
+            env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        log.info("first boot started", extra={"host": spec.name, "role": spec.role})
+
     # --- down ---
 
     def down(self) -> int:
         """Remove every recorded sandbox: processes, mounts, namespaces, files. Returns how many."""
         specs = self.recorded()
+        for pid in self.helpers().values():
+            _kill_group(pid)
         for spec in specs:
             self._remove(spec)
         for region in {s.region for s in specs}:
@@ -267,6 +367,11 @@ class Sandboxes:
         while pids and time.monotonic() < deadline:
             pids = {p for p in pids if _still_running(p)}
             time.sleep(0.05)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _still_running(pid: str) -> bool:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from bulkhead import s3compat, stack_runner, topology
+from bulkhead.hosts.image import SERVED_REPOSITORY
 from bulkhead.localcloud import server
 from bulkhead.localcloud.aws import LocalAws, LocalCloudError, local_environment
 from bulkhead.localcloud.engine import StackReport, deploy_stack
@@ -55,11 +57,15 @@ def up(
     on_start: Callable[[dict[str, int]], None] | None = None,
     *,
     project_dir: Path,
+    ansible_ref: str | None = None,
 ) -> tuple[server.ServerInfo, list[StackReport]]:
     """Deploy `stacks` (in deployment order) into the local cloud; returns what changed per stack.
 
     Every stack is validated first, with nothing created: a bad config anywhere changes nothing. Each
     stack file is read once, there, and its config handed down to the deployment.
+
+    Hosts pull their roles from this checkout as the sandboxes' relay serves it, at `ansible_ref`
+    (default: the checkout's HEAD commit); the stack files keep the repository AWS hosts pull from.
     """
     files = topology.StackFiles(project_dir)
     validate(stacks, store, files)
@@ -82,13 +88,27 @@ def up(
     for stack in stacks:
         notify = (lambda urn, action, s=stack: on_resource(s, urn, action)) if on_resource else None
         try:
-            reports.append(deploy_stack(stack, files.config(stack), aws, store, references, project_dir, notify))
+            config = files.config(stack)
+            if stack != topology.GLOBAL_STACK:
+                config = {**config, **pull_source(project_dir, ansible_ref)}
+            reports.append(deploy_stack(stack, config, aws, store, references, project_dir, notify))
         except CorruptState as error:
             # What the corrupt file described cannot be told apart in moto any more: start clean.
             reset(info)
             store.forget_stacks()
             raise LocalCloudError(f"{error}; the local cloud was reset: run `bulkhead local up` to rebuild") from None
     return info, reports
+
+
+def pull_source(project_dir: Path, ref: str | None) -> dict[str, str]:
+    """The config that points hosts at this checkout as the relay serves it (see bulkhead.hosts.fabric)."""
+    if ref is None:
+        head = subprocess.run(["git", "-C", str(project_dir), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=False)  # fmt: skip
+        if head.returncode != 0:
+            raise LocalCloudError(f"{project_dir} has no commit for hosts to pull; commit, or pass --ansible-ref")
+        ref = head.stdout.strip()
+    return {"bulkhead:ansibleRepo": SERVED_REPOSITORY, "bulkhead:ansibleRef": ref}
 
 
 def reset(info: server.ServerInfo) -> None:

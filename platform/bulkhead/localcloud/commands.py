@@ -35,7 +35,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                 progress.update(task, description=f"stack {stack}", advance=1)
 
         info, reports = cloud.up(
-            stacks, store, args.port, on_resource=advanced, on_start=started, project_dir=project_dir
+            stacks,
+            store,
+            args.port,
+            on_resource=advanced,
+            on_start=started,
+            project_dir=project_dir,
+            ansible_ref=args.ansible_ref,
         )
     table = Table(title=f"local cloud at {info.endpoint}")
     for column in ("stack", "created", "updated", "replaced", "deleted", "unchanged", "seconds"):
@@ -98,6 +104,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--stacks", help="comma-separated stacks (default: all, e.g. us-east-1,us-west-2,eu-west-1,global)")
     up.add_argument("--port", type=int, help="port for a new server (default: a free one)")
     up.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    up.add_argument(
+        "--ansible-ref",
+        metavar="REF",
+        help="the commit, branch or tag hosts pull their roles from (default: this checkout's HEAD commit); the "
+        "repository is this checkout as `hosts up --from-image` serves it, not the stack files' bulkhead:ansibleRepo",
+    )
     up.set_defaults(handler=cmd_up)
     status = verbs.add_parser("status", help="show the endpoint and each deployed stack")
     status.add_argument("--json", action="store_true", help="print as JSON")

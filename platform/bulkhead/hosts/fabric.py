@@ -1,0 +1,320 @@
+"""What a region's network gives its image-booted sandboxes, as a VPC gives its instances.
+
+Inside each region's fabric namespace (the VPC's bridge), one daemon answers:
+- the metadata service at 169.254.169.254:80 (`bulkhead.hosts.metadata`), knowing the asking instance
+  by its private address;
+- the NAT relay at 169.254.169.1: the only way out, and only to the package caches, the git server that
+  serves this checkout, and the local cloud. Nothing else is reachable: a sandbox has no default route.
+Its listening sockets are made inside the fabric namespaces (`setns` on one thread, then back), and it
+connects out from this machine's namespace, so no sandbox ever has a route to the machine.
+
+On this machine, for every sandbox set alike: apt-cacher-ng (Debian's package cache) and proxpi (a PyPI
+caching mirror) keep what they fetch under the machine's cache directory, so a package is fetched once
+per machine; `git daemon` serves a bare copy of this checkout's committed HEAD.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from bulkhead.errors import BulkheadError
+from bulkhead.files import write_json
+from bulkhead.hosts import image, metadata
+from bulkhead.hosts.sandbox import Sandboxes, fabric_netns
+from bulkhead.localcloud import server
+from bulkhead.localcloud.aws import LocalAws
+
+log = logging.getLogger("bulkhead.fabric")
+CLONE_NEWNET = 0x40000000
+REPOSITORY = image.SERVED_REPOSITORY.rsplit("/", 1)[-1]
+
+
+class FabricError(BulkheadError):
+    """A fabric service could not start; the message names it and its log."""
+
+
+@dataclass(frozen=True)
+class Services:
+    """The host-side services of one sandbox set: their pids and the ports they listen on (127.0.0.1)."""
+
+    pids: dict[str, int]
+    ports: dict[str, int]
+
+    def targets(self, cloud_port: int) -> dict[int, int]:
+        """Relay port in the fabric -> port on this machine's loopback."""
+        return {
+            image.APT_CACHE_PORT: self.ports["apt-cacher-ng"],
+            image.PIP_INDEX_PORT: self.ports["proxpi"],
+            image.GIT_PORT: self.ports["git"],
+            image.CLOUD_PORT: cloud_port,
+        }
+
+
+def serve_checkout(project_dir: Path, directory: Path) -> str:
+    """A bare repository of the checkout's committed HEAD under `directory`; returns HEAD's commit."""
+    head = subprocess.run(["git", "-C", str(project_dir), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    if head.returncode != 0:
+        raise FabricError(f"{project_dir} is not a git checkout with a commit; commit first, the hosts pull from it")
+    bare = directory / REPOSITORY
+    shutil.rmtree(bare, ignore_errors=True)
+    subprocess.run(["git", "clone", "-q", "--bare", "--no-local", str(project_dir), str(bare)], check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(["git", "--git-dir", str(bare), "update-ref", "refs/heads/served", head.stdout.strip()],
+                   check=True, capture_output=True)  # fmt: skip
+    return head.stdout.strip()
+
+
+def _spawn(name: str, command: list[str], directory: Path, environment: dict[str, str] | None = None) -> int:
+    log_file = (directory / f"{name}.log").open("ab")
+    process = subprocess.Popen(
+        command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(environment or {})}, start_new_session=True,
+    )  # fmt: skip
+    return process.pid
+
+
+def _wait_port(name: str, pid: int, port: int, directory: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    raise FabricError(f"{name} did not start on 127.0.0.1:{port}; see {directory / (name + '.log')}")
+
+
+def start_services(directory: Path, git_dir: Path, cache: Path) -> Services:
+    """apt-cacher-ng, proxpi and git daemon (serving `git_dir`) on free loopback ports; caches under `cache`."""
+    if shutil.which("apt-cacher-ng") is None:
+        raise FabricError("apt-cacher-ng is not installed; run scripts/setup (or apt-get install apt-cacher-ng)")
+    git_dir.mkdir(parents=True, exist_ok=True)
+    for sub in ("apt", "apt-log", "pip"):
+        (cache / sub).mkdir(parents=True, exist_ok=True)
+    ports = {name: server.free_port() for name in ("apt-cacher-ng", "proxpi", "git")}
+    pids = {
+        "apt-cacher-ng": _spawn("apt-cacher-ng", [
+            "apt-cacher-ng", "-c", "/etc/apt-cacher-ng", "ForeGround=1", f"Port={ports['apt-cacher-ng']}",
+            "BindAddress=127.0.0.1", f"CacheDir={cache / 'apt'}", f"LogDir={cache / 'apt-log'}",
+            f"PidFile={directory / 'apt-cacher-ng.pid'}", f"SocketPath={directory / 'apt-cacher-ng.socket'}",
+        ], directory),
+        # A file longer than proxpi's default 0.9 s would be answered with a redirect to PyPI itself, which
+        # a sandbox cannot reach: wait for the download instead.
+        "proxpi": _spawn("proxpi", [sys.executable, "-m", "flask", "--app", "proxpi.server", "run", "--host",
+                                    "127.0.0.1", "--port", str(ports["proxpi"])], directory,
+                         {"PROXPI_CACHE_DIR": str(cache / "pip"), "PROXPI_DOWNLOAD_TIMEOUT": "600",
+                          "PROXPI_READ_TIMEOUT": "120", "PROXPI_LOGGING_LEVEL": "WARNING"}),
+        "git": _spawn("git", ["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1",
+                              f"--port={ports['git']}", f"--base-path={git_dir}", str(git_dir)], directory),
+    }  # fmt: skip
+    services = Services(pids=pids, ports=ports)
+    try:
+        for name, pid in pids.items():
+            _wait_port(name, pid, ports[name], directory)
+    except FabricError:
+        stop_services(services)
+        raise
+    return services
+
+
+def stop_services(services: Services) -> None:
+    for pid in services.pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
+
+
+# --- the daemon inside the fabric namespaces ---
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def listen_in(netns: str, address: str, port: int) -> socket.socket:
+    """A listening TCP socket at address:port inside network namespace `netns` (this thread returns home)."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {netns}")
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address, port))
+            sock.listen(256)
+        finally:
+            if _libc.setns(home, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back home")
+    finally:
+        os.close(home)
+        os.close(target)
+    return sock
+
+
+class _Relay(socketserver.BaseRequestHandler):
+    target_port: int
+
+    def handle(self) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.server.target_port), timeout=10)
+        except OSError:
+            return
+        upstream.settimeout(None)
+        pumps = [threading.Thread(target=_pump, args=pair, daemon=True)
+                 for pair in ((self.request, upstream), (upstream, self.request))]  # fmt: skip
+        for pump in pumps:
+            pump.start()
+        for pump in pumps:
+            pump.join()
+        upstream.close()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := source.recv(65536):
+            sink.sendall(chunk)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+class _RelayServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+
+    def __init__(self, sock: socket.socket, target_port: int) -> None:
+        super().__init__(sock.getsockname(), _Relay, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.target_port = target_port
+
+
+class _MetadataHandler(BaseHTTPRequestHandler):
+    server_version = "EC2ws"
+
+    def _answer(self) -> None:
+        region, instances, tokens = self.server.region, self.server.instances, self.server.tokens
+        try:
+            record = instances.by_address(region, self.client_address[0])
+        except Exception:  # the local cloud is down: EC2's own metadata service would still answer
+            log.exception("metadata lookup failed")
+            record = None
+        reply = metadata.answer(self.command, self.path, dict(self.headers), record, tokens, time.time())
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    do_GET = do_PUT = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.info(json.dumps({"event": "metadata", "client": self.client_address[0], "line": format % args}))
+
+
+class _MetadataServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, sock: socket.socket, region: str, instances: metadata.LocalInstances) -> None:
+        super().__init__(sock.getsockname(), _MetadataHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.region = region
+        self.instances = instances
+        self.tokens = metadata.Tokens()
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """What the in-fabric daemon serves: per region, its fabric namespace; the relay's targets; the cloud."""
+
+    fabrics: dict[str, str]
+    targets: dict[int, int]
+    cloud_endpoint: str
+
+
+def run_daemon(config: DaemonConfig) -> None:
+    """Serve every region's metadata service and relay until killed."""
+    instances = metadata.LocalInstances(LocalAws(config.cloud_endpoint))
+    servers: list[socketserver.BaseServer] = []
+    for region, netns in config.fabrics.items():
+        servers.append(_MetadataServer(listen_in(netns, metadata.METADATA_ADDRESS, 80), region, instances))
+        for port, target in config.targets.items():
+            servers.append(_RelayServer(listen_in(netns, image.RELAY_ADDRESS, int(port)), int(target)))
+    for one in servers:
+        threading.Thread(target=one.serve_forever, daemon=True).start()
+    print("ready", flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+def start_daemon(config: DaemonConfig, directory: Path) -> int:
+    """Start the daemon detached; returns its pid once it listens in every fabric."""
+    write_json(directory / "fabric-daemon.json", asdict(config))
+    log_path = directory / "fabric-daemon.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bulkhead.hosts.fabric", str(directory / "fabric-daemon.json")],
+        stdout=subprocess.PIPE, stderr=log_path.open("ab"), stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    line = process.stdout.readline() if process.stdout else b""
+    if line.strip() != b"ready":
+        process.kill()
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise FabricError(f"the fabric daemon (metadata service, NAT relay) did not start: {tail[0]}; see {log_path}")
+    return process.pid
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    raw = json.loads(Path(sys.argv[1]).read_text())
+    run_daemon(DaemonConfig(fabrics=raw["fabrics"], targets={int(k): v for k, v in raw["targets"].items()},
+                            cloud_endpoint=raw["cloud_endpoint"]))  # fmt: skip
+
+
+def ensure(sandboxes: Sandboxes, project_dir: Path, cloud_port: int, cache: Path) -> None:
+    """Everything image sandboxes need running: caches, git server (serving HEAD now), the fabric daemon."""
+    helpers = sandboxes.helpers()
+    services_record = sandboxes.directory / "services.json"
+    if services_record.exists() and all(_alive(helpers.get(name, -1)) for name in ("apt-cacher-ng", "proxpi", "git")):
+        services = Services(**json.loads(services_record.read_text()))
+    else:
+        for name in ("apt-cacher-ng", "proxpi", "git"):
+            sandboxes.forget_helper(name)
+        services = start_services(sandboxes.directory, sandboxes.directory / "git", cache)
+        write_json(services_record, asdict(services))
+        for name, pid in services.pids.items():
+            sandboxes.remember_helper(name, pid)
+    serve_checkout(project_dir, sandboxes.directory / "git")
+    regions = sorted({s.region for s in sandboxes.recorded() if s.image})
+    config = DaemonConfig(
+        fabrics={region: fabric_netns(region, sandboxes.directory) for region in regions},
+        targets=services.targets(cloud_port),
+        cloud_endpoint=f"http://127.0.0.1:{cloud_port}",
+    )
+    config_record = sandboxes.directory / "fabric-daemon.json"
+    running = _alive(helpers.get("fabric-daemon", -1)) and config_record.exists()
+    if running and json.loads(config_record.read_text()) == json.loads(json.dumps(asdict(config))):
+        return
+    sandboxes.forget_helper("fabric-daemon")
+    sandboxes.remember_helper("fabric-daemon", start_daemon(config, sandboxes.directory))

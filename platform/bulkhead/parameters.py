@@ -1,0 +1,24 @@
+"""Where hosts meet in SSM Parameter Store: what one host publishes and another reads at first boot.
+
+A first boot knows only its own metadata and tags, so cross-host facts travel through SSM: dyno hosts
+publish their routes for the routers; a database primary publishes its address and the replication
+password for its standby. The roles' defaults name the same paths; the program grants each tier
+exactly its part of them.
+"""
+
+from __future__ import annotations
+
+
+def routes_path(region: str) -> str:
+    """Under it, one parameter per app process: `<path>/<app>/<instance-id>`, a JSON route record."""
+    return f"/bulkhead/{region}/routes"
+
+
+def database_path(region: str, server: str) -> str:
+    """Under it, `primary` (the primary's address) and `replication-password` (a SecureString)."""
+    return f"/bulkhead/{region}/postgres/{server}"
+
+
+def arn(region: str, path: str) -> str:
+    """The ARN of every parameter under `path`, for IAM policies."""
+    return f"arn:aws:ssm:{region}:*:parameter{path}/*"
