@@ -32,11 +32,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise SandboxError(f"{problem}; run `bulkhead image build`")
         specs = [dataclasses.replace(s, image=str(base.root)) for s in specs]
     with Console(stderr=True).status(f"making {len(specs)} sandbox hosts"):
-        made = sandboxes.up(specs, s3_port=None if args.from_image else info.port if info else None)
-        if args.from_image:
+        if not args.from_image:
+            made = sandboxes.up(specs, s3_port=info.port if info else None)
+        else:
             if info is None:
                 raise SandboxError("the local cloud is not running; run `bulkhead local up`")
-            fabric.ensure(sandboxes, project_dir, info.port, image.cache_dir())
+            mirrors = sorted({entry.split()[1].split("/")[2] for entry in image.machine_sources()})
+            services = fabric.ensure_services(sandboxes, project_dir, image.cache_dir(), mirrors)
+            made = sandboxes.up(specs)
+            fabric.ensure_daemon(sandboxes, services, info.port)
             for spec in made:
                 sandboxes.boot(spec, args.metadata_timeout)
     inventory.write_inventory(sandboxes.recorded(), sandboxes, store)

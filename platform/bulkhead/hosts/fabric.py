@@ -8,7 +8,7 @@ Inside each region's fabric namespace (the VPC's bridge), one daemon answers:
 Its listening sockets are made inside the fabric namespaces (`setns` on one thread, then back), and it
 connects out from this machine's namespace, so no sandbox ever has a route to the machine.
 
-On this machine, for every sandbox set alike: apt-cacher-ng (Debian's package cache) and proxpi (a PyPI
+On this machine, for every sandbox set alike: squid (caching the Debian mirror for apt) and proxpi (a PyPI
 caching mirror) keep what they fetch under the machine's cache directory, so a package is fetched once
 per machine; `git daemon` serves a bare copy of this checkout's committed HEAD.
 """
@@ -58,7 +58,7 @@ class Services:
     def targets(self, cloud_port: int) -> dict[int, int]:
         """Relay port in the fabric -> port on this machine's loopback."""
         return {
-            image.APT_CACHE_PORT: self.ports["apt-cacher-ng"],
+            image.APT_CACHE_PORT: self.ports["apt-cache"],
             image.PIP_INDEX_PORT: self.ports["proxpi"],
             image.GIT_PORT: self.ports["git"],
             image.CLOUD_PORT: cloud_port,
@@ -100,20 +100,45 @@ def _wait_port(name: str, pid: int, port: int, directory: Path, timeout: float =
     raise FabricError(f"{name} did not start on 127.0.0.1:{port}; see {directory / (name + '.log')}")
 
 
-def start_services(directory: Path, git_dir: Path, cache: Path) -> Services:
-    """apt-cacher-ng, proxpi and git daemon (serving `git_dir`) on free loopback ports; caches under `cache`."""
-    if shutil.which("apt-cacher-ng") is None:
-        raise FabricError("apt-cacher-ng is not installed; run scripts/setup (or apt-get install apt-cacher-ng)")
+SQUID_CONF = """# Written by bulkhead hosts up --from-image: the package cache every sandbox's apt goes through.
+http_port 127.0.0.1:{port}
+pid_filename {directory}/squid.pid
+cache_dir ufs {cache} 20000 16 256
+maximum_object_size 1 GB
+cache_log {directory}/squid-cache.log
+access_log stdio:{directory}/squid-access.log
+coredump_dir {directory}
+acl mirrors dstdomain {mirrors}
+http_access allow mirrors
+http_access deny all
+# Package files never change under their name; indexes do.
+refresh_pattern \\.(deb|udeb)$ 129600 100% 129600
+refresh_pattern . 0 20% 4320
+cache_effective_user proxy
+"""
+
+
+def start_services(directory: Path, git_dir: Path, cache: Path, mirrors: list[str]) -> Services:
+    """The apt cache (squid), proxpi and git daemon (serving `git_dir`) on free loopback ports; caches in `cache`.
+
+    apt-cacher-ng would be the apt cache of choice, but it cannot bind a socket under this machine's kernel
+    (gVisor: "Error resolving address for binding"); squid, Debian's other caching proxy, can.
+    """
+    if shutil.which("squid") is None:
+        raise FabricError("squid is not installed; run scripts/setup (or apt-get install squid)")
     git_dir.mkdir(parents=True, exist_ok=True)
-    for sub in ("apt", "apt-log", "pip"):
+    for sub in ("apt", "pip"):
         (cache / sub).mkdir(parents=True, exist_ok=True)
-    ports = {name: server.free_port() for name in ("apt-cacher-ng", "proxpi", "git")}
+    shutil.chown(cache / "apt", "proxy", "proxy")
+    ports = {name: server.free_port() for name in ("apt-cache", "proxpi", "git")}
+    squid_conf = directory / "squid.conf"
+    squid_conf.write_text(
+        SQUID_CONF.format(port=ports["apt-cache"], directory=directory, cache=cache / "apt", mirrors=" ".join(mirrors))
+    )
+    if not (cache / "apt" / "00").exists():
+        subprocess.run(["squid", "-z", "-N", "-f", str(squid_conf)], capture_output=True, check=False, timeout=120)
     pids = {
-        "apt-cacher-ng": _spawn("apt-cacher-ng", [
-            "apt-cacher-ng", "-c", "/etc/apt-cacher-ng", "ForeGround=1", f"Port={ports['apt-cacher-ng']}",
-            "BindAddress=127.0.0.1", f"CacheDir={cache / 'apt'}", f"LogDir={cache / 'apt-log'}",
-            f"PidFile={directory / 'apt-cacher-ng.pid'}", f"SocketPath={directory / 'apt-cacher-ng.socket'}",
-        ], directory),
+        "apt-cache": _spawn("apt-cache", ["squid", "-N", "-f", str(squid_conf)], directory),
         # A file longer than proxpi's default 0.9 s would be answered with a redirect to PyPI itself, which
         # a sandbox cannot reach: wait for the download instead.
         "proxpi": _spawn("proxpi", [sys.executable, "-m", "flask", "--app", "proxpi.server", "run", "--host",
@@ -292,29 +317,39 @@ if __name__ == "__main__":
                             cloud_endpoint=raw["cloud_endpoint"]))  # fmt: skip
 
 
-def ensure(sandboxes: Sandboxes, project_dir: Path, cloud_port: int, cache: Path) -> None:
-    """Everything image sandboxes need running: caches, git server (serving HEAD now), the fabric daemon."""
+SERVICES = ("apt-cache", "proxpi", "git")
+
+
+def ensure_services(sandboxes: Sandboxes, project_dir: Path, cache: Path, mirrors: list[str]) -> Services:
+    """The caches and the git server running (started if not), the git server serving HEAD as it is now."""
     helpers = sandboxes.helpers()
-    services_record = sandboxes.directory / "services.json"
-    if services_record.exists() and all(_alive(helpers.get(name, -1)) for name in ("apt-cacher-ng", "proxpi", "git")):
-        services = Services(**json.loads(services_record.read_text()))
+    record = sandboxes.directory / "services.json"
+    if record.exists() and all(_alive(helpers.get(name, -1)) for name in SERVICES):
+        services = Services(**json.loads(record.read_text()))
     else:
-        for name in ("apt-cacher-ng", "proxpi", "git"):
+        for name in SERVICES:
             sandboxes.forget_helper(name)
-        services = start_services(sandboxes.directory, sandboxes.directory / "git", cache)
-        write_json(services_record, asdict(services))
+        sandboxes.directory.mkdir(parents=True, exist_ok=True)
+        services = start_services(sandboxes.directory, sandboxes.directory / "git", cache, mirrors)
+        write_json(record, asdict(services))
         for name, pid in services.pids.items():
             sandboxes.remember_helper(name, pid)
     serve_checkout(project_dir, sandboxes.directory / "git")
+    return services
+
+
+def ensure_daemon(sandboxes: Sandboxes, services: Services, cloud_port: int) -> None:
+    """The metadata service and relay listening in the fabric of every region that has image sandboxes."""
+    helpers = sandboxes.helpers()
     regions = sorted({s.region for s in sandboxes.recorded() if s.image})
     config = DaemonConfig(
         fabrics={region: fabric_netns(region, sandboxes.directory) for region in regions},
         targets=services.targets(cloud_port),
         cloud_endpoint=f"http://127.0.0.1:{cloud_port}",
     )
-    config_record = sandboxes.directory / "fabric-daemon.json"
-    running = _alive(helpers.get("fabric-daemon", -1)) and config_record.exists()
-    if running and json.loads(config_record.read_text()) == json.loads(json.dumps(asdict(config))):
+    record = sandboxes.directory / "fabric-daemon.json"
+    running = _alive(helpers.get("fabric-daemon", -1)) and record.exists()
+    if running and json.loads(record.read_text()) == json.loads(json.dumps(asdict(config))):
         return
     sandboxes.forget_helper("fabric-daemon")
     sandboxes.remember_helper("fabric-daemon", start_daemon(config, sandboxes.directory))
