@@ -105,8 +105,8 @@ http_port 127.0.0.1:{port}
 pid_filename {directory}/squid.pid
 cache_dir ufs {cache} 20000 16 256
 maximum_object_size 1 GB
-cache_log {directory}/squid-cache.log
-access_log stdio:{directory}/squid-access.log
+cache_log {directory}/cache.log
+access_log stdio:{directory}/access.log
 coredump_dir {directory}
 acl mirrors dstdomain {mirrors}
 http_access allow mirrors
@@ -131,9 +131,13 @@ def start_services(directory: Path, git_dir: Path, cache: Path, mirrors: list[st
         (cache / sub).mkdir(parents=True, exist_ok=True)
     shutil.chown(cache / "apt", "proxy", "proxy")
     ports = {name: server.free_port() for name in ("apt-cache", "proxpi", "git")}
-    squid_conf = directory / "squid.conf"
+    # squid drops to its own user: its logs and pid file go in a directory that user owns.
+    squid_dir = directory / "squid"
+    squid_dir.mkdir(parents=True, exist_ok=True)
+    shutil.chown(squid_dir, "proxy", "proxy")
+    squid_conf = squid_dir / "squid.conf"
     squid_conf.write_text(
-        SQUID_CONF.format(port=ports["apt-cache"], directory=directory, cache=cache / "apt", mirrors=" ".join(mirrors))
+        SQUID_CONF.format(port=ports["apt-cache"], directory=squid_dir, cache=cache / "apt", mirrors=" ".join(mirrors))
     )
     if not (cache / "apt" / "00").exists():
         subprocess.run(["squid", "-z", "-N", "-f", str(squid_conf)], capture_output=True, check=False, timeout=120)
