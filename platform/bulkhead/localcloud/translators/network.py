@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 
 from bulkhead.localcloud.aws import LocalCloudError
 from bulkhead.localcloud.translators import Inputs, ReplaceRequired, State, Target, aws_tags, register
@@ -191,7 +190,10 @@ register(
 
 
 def _metadata_options(options: Inputs) -> dict:
-    return {"HttpTokens": options.get("httpTokens"), "HttpEndpoint": options.get("httpEndpoint")}
+    carried = {"HttpTokens": options.get("httpTokens"), "HttpEndpoint": options.get("httpEndpoint")}
+    if options.get("instanceMetadataTags"):
+        carried["InstanceMetadataTags"] = options["instanceMetadataTags"]
+    return carried
 
 
 def _launch_template(target: Target, inputs: Inputs) -> tuple[str, State]:
@@ -303,7 +305,8 @@ def _instance(target: Target, inputs: Inputs) -> tuple[str, State]:
         "MaxCount": 1,
         "SubnetId": inputs["subnetId"],
         "SecurityGroupIds": list(inputs.get("vpcSecurityGroupIds") or []),
-        "UserData": base64.b64encode((inputs.get("userData") or "").encode()).decode(),
+        # boto3 base64-encodes RunInstances' user data itself, as the EC2 API wants it once.
+        "UserData": inputs.get("userData") or "",
         "TagSpecifications": [{"ResourceType": "instance", "Tags": aws_tags(inputs)}],
     }
     if inputs.get("availabilityZone"):
