@@ -154,8 +154,8 @@ class LocalInstances:
             return None
         instance = found[0]
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-        user_data, options = self._launch_data(region, instance)
-        role_name = self._role_name(region, instance)
+        user_data, options, profile = self._launch_data(region, instance)
+        role_name = self._role_name(region, profile)
         return InstanceRecord(
             instance_id=instance["InstanceId"],
             region=region,
@@ -170,31 +170,38 @@ class LocalInstances:
             credentials=(lambda: self._credentials(region, role_name, instance["InstanceId"])) if role_name else dict,
         )
 
-    def _launch_data(self, region: str, instance: dict) -> tuple[bytes, dict]:
-        """User data and metadata options: the instance's own, else its launch template version's."""
+    def _launch_data(self, region: str, instance: dict) -> tuple[bytes, dict, str]:
+        """User data, metadata options and instance profile ARN, as EC2 gives them to the instance.
+
+        An Auto Scaling instance has its launch template version's (moto does not copy them onto the
+        instance); any other instance has its own.
+        """
         ec2 = self.aws.client("ec2", region)
-        own = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
-        options = dict(instance.get("MetadataOptions") or {})
-        if own.get("UserData", {}).get("Value"):
-            return base64.b64decode(own["UserData"]["Value"]), options
         groups = self.aws.client("autoscaling", region).describe_auto_scaling_instances(
             InstanceIds=[instance["InstanceId"]]
         )["AutoScalingInstances"]
         template = groups[0].get("LaunchTemplate") if groups else None
-        if not template:
-            return b"", options
-        (version,) = ec2.describe_launch_template_versions(
-            LaunchTemplateId=template["LaunchTemplateId"], Versions=[str(template.get("Version") or "$Latest")]
-        )["LaunchTemplateVersions"]
-        data = version["LaunchTemplateData"]
-        # An Auto Scaling instance takes its metadata options from its template, as EC2 does.
-        return base64.b64decode(data.get("UserData") or ""), {**options, **(data.get("MetadataOptions") or {})}
+        if template:
+            (version,) = ec2.describe_launch_template_versions(
+                LaunchTemplateId=template["LaunchTemplateId"], Versions=[str(template.get("Version") or "$Latest")]
+            )["LaunchTemplateVersions"]
+            data = version["LaunchTemplateData"]
+            return (
+                base64.b64decode(data.get("UserData") or ""),
+                dict(data.get("MetadataOptions") or {}),
+                (data.get("IamInstanceProfile") or {}).get("Arn", ""),
+            )
+        own = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
+        return (
+            base64.b64decode(own.get("UserData", {}).get("Value") or ""),
+            dict(instance.get("MetadataOptions") or {}),
+            (instance.get("IamInstanceProfile") or {}).get("Arn", ""),
+        )
 
-    def _role_name(self, region: str, instance: dict) -> str | None:
-        profile = (instance.get("IamInstanceProfile") or {}).get("Arn", "")
-        if not profile:
+    def _role_name(self, region: str, profile_arn: str) -> str | None:
+        if not profile_arn:
             return None
-        name = profile.rsplit("/", 1)[-1]
+        name = profile_arn.rsplit("/", 1)[-1]
         roles = self.aws.client("iam", region).get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
         return roles["Roles"][0]["RoleName"] if roles["Roles"] else None
 

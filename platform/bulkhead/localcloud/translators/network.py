@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from bulkhead.localcloud.aws import LocalCloudError
 from bulkhead.localcloud.translators import Inputs, ReplaceRequired, State, Target, aws_tags, register
 
