@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import time
 
@@ -117,8 +118,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not matches:
         known = ", ".join(s.name for s in sandboxes.recorded()) or "none; run `bulkhead hosts up`"
         raise SandboxError(f"no sandbox host {args.host!r}; known hosts: {known}")
+    # As a login would: the host's own environment, none of this machine's (its pip or proxy settings).
+    environment = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+                   "LANG": "C.UTF-8", "TERM": os.environ.get("TERM", "dumb")}  # fmt: skip
     return subprocess.run([str(sandboxes.chroot_wrapper), str(sandboxes.root(matches[0])), *command],
-                          check=False).returncode  # fmt: skip
+                          env=environment, check=False).returncode  # fmt: skip
 
 
 def cmd_configure(args: argparse.Namespace) -> int:
