@@ -25,6 +25,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     specs = inventory.local_hosts(args.region, store, project_dir)
     if args.role:
         specs = [s for s in specs if s.role == args.role or s.tags.get("bulkhead:postgres") == args.role]
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {s.name for s in specs}
+        if unknown:
+            raise SandboxError(f"no running instance {', '.join(sorted(unknown))} in {args.region}; see `bulkhead "
+                               "local status` or the EC2 API for the instance ids")  # fmt: skip
+        specs = [s for s in specs if s.name in wanted]
     info = server.running(store.directory)
     if args.from_image:
         base = image.image_for(image.default_settings())
@@ -232,6 +239,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "default: an overlay of this machine's root, configured by `hosts configure`",
     )
     up.add_argument("--role", help="only the instances of this role (router, dyno_host, postgres, primary, standby)")
+    up.add_argument("--only", metavar="IDS", help="only these instances (comma-separated instance ids)")
     up.add_argument("--metadata-timeout", type=float, default=30, metavar="S",
                     help="seconds a first boot waits for the metadata service (default 30)")  # fmt: skip
     up.set_defaults(handler=cmd_up)

@@ -193,3 +193,14 @@ def test_restore_fleet__an_error_of_any_type_stays_in_its_job():
     assert outcomes["db0"].error == "PermissionError: [Errno 13] Operation not permitted: '/restore/db0'"
     assert outcomes["db1"].error == "the archive holds no finished backup; take one with `bulkhead db backup`"
     assert outcomes["db2"].error is None and outcomes["db2"].backup.backup_id == "B"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("newest_age", "expected"),
+    [(None, 0.0), (0, 3600.0), (600, 3000.0), (3600, 0.0), (7200, 0.0)],
+)
+def test_seconds_until_due__waits_out_the_interval_from_the_newest_backup(newest_age, expected):
+    now = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+    newest = None if newest_age is None else now - dt.timedelta(seconds=newest_age)
+    assert decisions.seconds_until_due(newest, 3600, now) == expected

@@ -1,0 +1,265 @@
+"""Hosts that boot from the bare Debian 12 image through their own user data, as on EC2.
+
+One region of the local cloud; one router, one dyno host in another AZ, and both database hosts are
+booted from the image (`bulkhead hosts up --from-image`), each running the user data the program gave
+it: Ansible from PyPI, `ansible-pull` of this checkout's HEAD over the fabric's git server, facts from
+the metadata service and SSM. Then the platform must work. Bad input runs against its own local cloud.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from bulkhead.hosts import image
+from bulkhead.hosts.sandbox import Sandboxes
+from bulkhead.localcloud import server
+from bulkhead.localcloud.aws import LOCAL_CREDENTIALS
+from bulkhead.localcloud.state import Store
+
+pytestmark = pytest.mark.hosts
+REGION = "eu-west-1"
+BOOT_TIMEOUT = 900
+
+
+class Region:
+    """A local cloud and its image-booted sandboxes, driven through the command line as an operator would."""
+
+    def __init__(self, project_dir: Path, base: Path) -> None:
+        self.project_dir = project_dir
+        self.env = {**os.environ, "BULKHEAD_LOCAL_DIR": str(base / "local"), "BULKHEAD_HOSTS_DIR": str(base / "hosts")}
+        self.sandboxes = Sandboxes(base / "hosts")
+        self.store = Store(base / "local")
+
+    def bulkhead(self, *args: str, check: bool = True, timeout: float = BOOT_TIMEOUT) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", "bulkhead.cli", "--project", str(self.project_dir), *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            pytest.fail(f"bulkhead {' '.join(args)} exited {result.returncode}: {result.stderr[-3000:]}")
+        return result
+
+    def instances(self) -> list[dict]:
+        """Running instances with a role, from the local cloud's EC2 API."""
+        info = server.running(self.store.directory)
+        ec2 = boto3.client("ec2", endpoint_url=info.endpoint, region_name=REGION, **LOCAL_CREDENTIALS)
+        found = ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["running"]}])
+        return [i for r in found["Reservations"] for i in r["Instances"]]
+
+    def pick(self, role: str, az: str | None = None, postgres: str | None = None) -> dict:
+        for instance in self.instances():
+            tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+            if tags.get("bulkhead:role") != role or (postgres and tags.get("bulkhead:postgres") != postgres):
+                continue
+            if az is None or instance["Placement"]["AvailabilityZone"] == az:
+                return instance
+        raise AssertionError(f"no {role} instance in {az}")
+
+    def run(self, name: str, *command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return self.bulkhead("hosts", "exec", name, "--", *command, check=False, timeout=timeout)
+
+    def spec(self, name: str):
+        return next(s for s in self.sandboxes.recorded() if s.name == name)
+
+    def archive(self):
+        info = server.running(self.store.directory)
+        bucket = self.store.outputs(REGION)["archiveBucket"]
+        s3 = boto3.client("s3", endpoint_url=info.endpoint, region_name=REGION, **LOCAL_CREDENTIALS)
+        return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+    def down(self) -> None:
+        self.bulkhead("hosts", "down", check=False, timeout=120)
+        self.bulkhead("local", "down", check=False, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def base_image():
+    """The base image, built once per machine (a cached build returns at once)."""
+    built, _ = image.build(image.default_settings(), on_step=lambda step: None)
+    return built
+
+
+@pytest.fixture(scope="module")
+def booted(project_dir, base_image, tmp_path_factory):
+    region = Region(project_dir, tmp_path_factory.mktemp("first-boot"))
+    try:
+        region.bulkhead("local", "up", "--stacks", REGION, timeout=300)
+        zones = sorted({i["Placement"]["AvailabilityZone"] for i in region.instances()})
+        chosen = {
+            "router": region.pick("router", zones[0])["InstanceId"],
+            "dyno_host": region.pick("dyno_host", zones[1])["InstanceId"],
+            "primary": region.pick("postgres", postgres="primary")["InstanceId"],
+            "standby": region.pick("postgres", postgres="standby")["InstanceId"],
+        }
+        region.bulkhead("hosts", "up", "--from-image", "--region", REGION, "--only", ",".join(chosen.values()))
+        started = time.monotonic()
+        waited = region.bulkhead("hosts", "wait", "--json", "--timeout", str(BOOT_TIMEOUT), check=False)
+        region.chosen = chosen
+        region.boots = json.loads(waited.stdout or "[]")
+        region.boot_seconds = time.monotonic() - started
+        region.wait_result = waited
+        yield region
+    finally:
+        region.down()
+
+
+def test_first_boot__every_tier_finishes_its_user_data(booted):
+    assert booted.wait_result.returncode == 0, booted.wait_result.stderr[-3000:]
+    assert sorted(b["role"] for b in booted.boots) == ["dyno_host", "primary", "router", "standby"]
+    assert all(b["result"] == "ok" and b["seconds"] > 0 for b in booted.boots)
+
+
+def test_first_boot__http_through_the_router_reaches_the_app_in_another_az(booted):
+    router = booted.spec(booted.chosen["router"])
+    answer = booted.run(router.name, "curl", "-sfk", "--max-time", "10", f"https://{router.address}/")
+    assert answer.returncode == 0, answer.stderr
+    body = json.loads(answer.stdout)
+    assert body["host"] == booted.chosen["dyno_host"]
+    assert body["az"] != router.az
+
+
+def test_first_boot__a_row_written_on_the_primary_is_read_on_the_standby(booted):
+    psql = ["runuser", "-u", "postgres", "--", "psql", "-h", "/var/run/postgresql", "-v", "ON_ERROR_STOP=1", "-tAc"]
+    written = booted.run(booted.chosen["primary"], *psql,
+                         "CREATE TABLE first_boot (at text); INSERT INTO first_boot VALUES ('booted') RETURNING at")  # fmt: skip
+    assert written.stdout.strip() == "booted", written.stderr
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        read = booted.run(booted.chosen["standby"], *psql, "SELECT at FROM first_boot")
+        if read.stdout.strip() == "booted":
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the row did not reach the standby in 20 s: {read.stderr}")
+
+
+def test_first_boot__wal_lands_in_the_archive_and_base_backups_run_on_schedule(booted):
+    primary = booted.chosen["primary"]
+    switched = booted.run(primary, "runuser", "-u", "postgres", "--", "psql", "-h", "/var/run/postgresql", "-tAc",
+                          "SELECT pg_walfile_name(pg_switch_wal())")  # fmt: skip
+    segment = switched.stdout.strip()
+    deadline = time.monotonic() + 60
+    while not any(key.endswith(f"/{segment}.gz") for key in booted.archive()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert any(key.endswith(f"/{segment}.gz") for key in booted.archive()), f"{segment} was not archived in 60 s"
+    # The scheduler took the first backup at once (there was none); a short interval must bring another.
+    first = {k for k in booted.archive() if k.endswith("/backup.info")}
+    assert first, "no base backup was taken on the primary's first boot"
+    converged = booted.run(primary, "/usr/local/sbin/bulkhead-converge", "-e", "postgres_base_backup_interval=20",
+                           timeout=600)  # fmt: skip
+    assert converged.returncode == 0, converged.stdout[-2000:]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if {k for k in booted.archive() if k.endswith("/backup.info")} - first:
+            return
+        time.sleep(2)
+    pytest.fail("no new base backup within the 20 s schedule (+70 s slack)")
+
+
+@pytest.mark.parametrize(
+    ("role", "installed"),
+    [
+        ("router", ["usr/sbin/haproxy", "usr/bin/supervisord", "opt/bulkhead/ansible/bin/ansible-pull"]),
+        ("dyno_host", ["usr/bin/supervisord", "srv/bulkhead/apps/sample_app.py"]),
+        ("primary", ["usr/lib/postgresql/15/bin/postgres", "opt/bulkhead/barman/bin/bulkhead",
+                     "opt/bulkhead/barman/bin/barman-cloud-wal-archive"]),
+        ("standby", ["usr/lib/postgresql/15/bin/postgres", "usr/bin/supervisord"]),
+    ],
+)  # fmt: skip
+def test_first_boot__what_a_role_uses_it_installed_in_the_hosts_own_layer(booted, base_image, role, installed):
+    upper = booted.sandboxes.directory / booted.chosen[role] / "layers" / "upper"
+    for path in installed:
+        assert (upper / path).exists(), f"{path} is not in {role}'s own layer"
+        assert not (base_image.root / path).exists(), f"{path} came with the image"
+
+
+def test_first_boot__a_second_converge_changes_nothing(booted):
+    for role in ("router", "dyno_host"):
+        again = booted.run(booted.chosen[role], "/usr/local/sbin/bulkhead-converge", timeout=600)
+        assert again.returncode == 0, again.stdout[-2000:]
+        recap = again.stdout.strip().splitlines()
+        line = next(line for line in reversed(recap) if line.startswith("localhost"))
+        assert " changed=0 " in line, f"{role}: {line}"
+
+
+def test_first_boot__the_host_cli_has_no_controller_dependencies(booted):
+    listed = booted.run(booted.chosen["primary"], "/opt/bulkhead/barman/bin/pip", "list", "--format=json")
+    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert "barman" in names and "bulkhead" in names
+    assert not names & {"pulumi", "pulumi-aws", "moto"}
+
+
+# --- bad input, in a local cloud of its own ---
+
+
+@pytest.fixture(scope="module")
+def broken(project_dir, base_image, tmp_path_factory):
+    region = Region(project_dir, tmp_path_factory.mktemp("broken-boot"))
+    try:
+        region.bulkhead("local", "up", "--stacks", REGION, "--ansible-ref", "no-such-ref", timeout=300)
+        yield region
+    finally:
+        region.down()
+
+
+def test_bad_input__user_data_that_fails_is_reported_with_the_host_and_its_log(broken):
+    router = broken.pick("router")["InstanceId"]
+    broken.bulkhead("hosts", "up", "--from-image", "--region", REGION, "--only", router)
+    waited = broken.bulkhead("hosts", "wait", "--timeout", "600", check=False)
+    assert waited.returncode == 1
+    assert f"{router} (router" in waited.stderr
+    assert "first boot failed" in waited.stderr
+    assert "no-such-ref" in waited.stderr  # the tail of the boot log shows git's complaint
+
+
+def test_bad_input__a_metadata_service_that_does_not_answer_times_out_clearly(broken):
+    daemon = Sandboxes(Path(broken.env["BULKHEAD_HOSTS_DIR"])).helpers().get("fabric-daemon")
+    if daemon is None:
+        broken.bulkhead(
+            "hosts", "up", "--from-image", "--region", REGION, "--only", broken.pick("router")["InstanceId"]
+        )
+        daemon = Sandboxes(Path(broken.env["BULKHEAD_HOSTS_DIR"])).helpers()["fabric-daemon"]
+    dyno = broken.pick("dyno_host")["InstanceId"]
+    os.kill(daemon, signal.SIGSTOP)  # it accepts connections and never answers
+    try:
+        broken.bulkhead("hosts", "up", "--from-image", "--region", REGION, "--only", dyno, "--metadata-timeout", "3")
+        deadline = time.monotonic() + 30
+        while broken.sandboxes.boot_result(broken.spec(dyno)) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    result = broken.sandboxes.boot_result(broken.spec(dyno))
+    assert result is not None and (result["result"], result["exit"]) == ("failed", 1)
+    assert 3 <= result["seconds"] <= 10
+    log = broken.sandboxes.boot_log(broken.spec(dyno)).read_text()
+    assert "the metadata service at 169.254.169.254 did not answer within 3 s" in log
+
+
+def test_bad_input__a_missing_image_is_refused_with_the_command_to_run(broken, tmp_path):
+    empty_cache = {**broken.env, "BULKHEAD_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bulkhead.cli", "--project", str(broken.project_dir), "hosts", "up", "--from-image"],
+        env=empty_cache, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no image at" in result.stderr and "run `bulkhead image build`" in result.stderr
+
+
+def test_bad_input__a_corrupt_image_is_found_and_rebuilt(base_image, tmp_path):
+    cache = tmp_path / "cache"
+    copy = image.Image(cache / "images" / base_image.path.name, base_image.digest)
+    copy.path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", str(base_image.path), str(copy.path.parent)], check=True)
+    status = copy.root / "var/lib/dpkg/status"
+    status.write_text(status.read_text() + "\nPackage: tampered\n")
+    assert "was changed after it was built" in copy.problem()
+    rebuilt, built = image.build(image.default_settings(), cache, on_step=lambda step: None)
+    assert built and rebuilt.path == copy.path and rebuilt.problem() is None
