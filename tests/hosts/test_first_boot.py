@@ -129,8 +129,8 @@ def test_first_boot__http_through_the_router_reaches_the_app_in_another_az(boote
 
 def test_first_boot__a_row_written_on_the_primary_is_read_on_the_standby(booted):
     psql = ["runuser", "-u", "postgres", "--", "psql", "-h", "/var/run/postgresql", "-v", "ON_ERROR_STOP=1", "-tAc"]
-    written = booted.run(booted.chosen["primary"], *psql,
-                         "CREATE TABLE first_boot (at text); INSERT INTO first_boot VALUES ('booted') RETURNING at")  # fmt: skip
+    insert = "CREATE TABLE first_boot (at text); INSERT INTO first_boot VALUES ('booted') RETURNING at"
+    written = booted.run(booted.chosen["primary"], *psql, insert)
     assert written.stdout.strip() == "booted", written.stderr
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

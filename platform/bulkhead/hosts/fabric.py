@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -131,10 +132,12 @@ def start_services(directory: Path, git_dir: Path, cache: Path, mirrors: list[st
         (cache / sub).mkdir(parents=True, exist_ok=True)
     shutil.chown(cache / "apt", "proxy", "proxy")
     ports = {name: server.free_port() for name in ("apt-cache", "proxpi", "git")}
-    # squid drops to its own user: its logs and pid file go in a directory that user owns.
-    squid_dir = directory / "squid"
+    # squid drops to its own user, which may not reach `directory` (a test's private tmp): its logs and pid
+    # file go in a directory of the machine's cache that the user owns, one per sandbox set.
+    squid_dir = cache / "apt-run" / hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:8]
     squid_dir.mkdir(parents=True, exist_ok=True)
     shutil.chown(squid_dir, "proxy", "proxy")
+    shutil.chown(squid_dir.parent, "proxy", "proxy")
     squid_conf = squid_dir / "squid.conf"
     squid_conf.write_text(
         SQUID_CONF.format(port=ports["apt-cache"], directory=squid_dir, cache=cache / "apt", mirrors=" ".join(mirrors))
