@@ -69,6 +69,7 @@ def user_data(role: str, facts: Mapping[str, Any], ansible_repo: str, ansible_re
             f"cat > {CONVERGE} <<'CONVERGE'",
             "#!/bin/sh",
             "# Converge this host as its first boot did; arguments go to ansible-pull (e.g. -e name=value).",
+            "export PYTHONUNBUFFERED=1  # each task's line reaches the boot log as it happens",
             pull,
             "CONVERGE",
             f"chmod 0755 {CONVERGE}",

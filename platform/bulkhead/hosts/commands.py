@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 import time
 
 from rich.console import Console
@@ -91,8 +92,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         Console().print(table)
     failed = [spec for spec, row in zip(specs, rows, strict=True) if row["result"] != "ok"]
     if failed:
-        Console(stderr=True).print("\n".join(_boot_failure(sandboxes, spec, results[spec.name]) for spec in failed),
-                                   markup=False, highlight=False)  # fmt: skip
+        print("\n".join(_boot_failure(sandboxes, spec, results[spec.name]) for spec in failed), file=sys.stderr)
         raise SandboxError(
             f"{len(failed)} of {len(specs)} first boots did not finish well: "
             + ", ".join(f"{s.name} ({_role(s)})" for s in failed)
