@@ -13,26 +13,41 @@ from bulkhead import bootstrap
 pytestmark = pytest.mark.unit
 
 
-def test_user_data__runs_the_tier_playbook_with_the_host_facts():
-    script = bootstrap.user_data("router", {"router_max_connections_per_backend": 64}, "https://git.example/b.git")
-    assert script.startswith("#!/bin/bash\nset -euo pipefail\n")
-    assert "ansible-pull -U https://git.example/b.git -C main" in script and script.rstrip().endswith(
-        "roles/router.yml"
+def test_user_data__installs_ansible_with_its_collections_then_pulls_the_tier_playbook_at_the_ref():
+    script = bootstrap.user_data(
+        "router", {"router_max_connections_per_backend": 64}, "https://git.example/b.git", "v1.2"
     )
-    facts_line = next(line for line in script.splitlines() if line.startswith("echo "))
-    assert json.loads(facts_line.split("'")[1]) == {"bulkhead_role": "router", "router_max_connections_per_backend": 64}
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash" and "set -euo pipefail" in lines
+    assert "/opt/bulkhead/ansible/bin/pip install -q --no-compile 'ansible>=11,<13' 'boto3>=1.35,<2'" in lines
+    pull = next(line for line in lines if "ansible-pull" in line and line.startswith("exec "))
+    assert "-U https://git.example/b.git -C v1.2" in pull and pull.endswith('"$@" roles/router.yml')
+    assert lines[-1] == "/usr/local/sbin/bulkhead-converge"
+    facts_line = next(line for line in lines if line.startswith("echo "))
+    assert json.loads(facts_line.split("'")[1]) == {
+        "bulkhead_role": "router",
+        "bulkhead_repo": "https://git.example/b.git",
+        "bulkhead_ref": "v1.2",
+        "router_max_connections_per_backend": 64,
+    }
+
+
+def test_user_data__reads_the_hosts_own_facts_from_the_metadata_service():
+    script = bootstrap.user_data("dyno_host", {}, "r", "main")
+    for path in ("placement/availability-zone", "local-ipv4", "instance-id", "tags/instance"):
+        assert f'"{path}' in script
 
 
 def test_user_data__is_valid_bash():
-    script = bootstrap.user_data("postgres", {"postgres_server_name": "pg-x"}, "https://git.example/b.git")
+    script = bootstrap.user_data("postgres", {"postgres_server_name": "pg-x"}, "https://git.example/b.git", "main")
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
 
 
 def test_user_data_base64__decodes_to_the_script():
-    encoded = bootstrap.user_data_base64("dyno_host", {}, "r")
-    assert base64.b64decode(encoded).decode() == bootstrap.user_data("dyno_host", {}, "r")
+    encoded = bootstrap.user_data_base64("dyno_host", {}, "r", "main")
+    assert base64.b64decode(encoded).decode() == bootstrap.user_data("dyno_host", {}, "r", "main")
 
 
 def test_user_data__unknown_role_is_refused():
     with pytest.raises(ValueError, match="unknown host role 'web'"):
-        bootstrap.user_data("web", {}, "r")
+        bootstrap.user_data("web", {}, "r", "main")

@@ -228,8 +228,18 @@ def test_region_stack__hosts_are_tagged_for_the_inventory_and_bootstrap_ansible(
         assert instance.inputs["tags"]["bulkhead:role"] == "postgres"
         assert instance.inputs["tags"]["bulkhead:az"] == instance.inputs["availabilityZone"]
         assert "ansible-pull" in instance.inputs["userData"] and "roles/postgres.yml" in instance.inputs["userData"]
+        # A first boot reads its tags from the metadata service, which needs them enabled.
+        assert instance.inputs["metadataOptions"] == {
+            "httpTokens": "required",
+            "httpEndpoint": "enabled",
+            "instanceMetadataTags": "enabled",
+        }
     for template in run.of_type("aws:ec2/launchTemplate:LaunchTemplate"):
-        assert template.inputs["metadataOptions"]["httpTokens"] == "required"
+        assert template.inputs["metadataOptions"] == {
+            "httpTokens": "required",
+            "httpEndpoint": "enabled",
+            "instanceMetadataTags": "enabled",
+        }
         assert template.inputs["tagSpecifications"][0]["tags"]["bulkhead:role"] in {"router", "dyno_host"}
 
 

@@ -101,12 +101,17 @@ def up(
 
 
 def pull_source(project_dir: Path, ref: str | None) -> dict[str, str]:
-    """The config that points hosts at this checkout as the relay serves it (see bulkhead.hosts.fabric)."""
+    """The config that points hosts at this checkout as the relay serves it (see bulkhead.hosts.fabric).
+
+    Without `ref`, the checkout's HEAD commit; a directory without a commit keeps the stack's own ref.
+    """
     if ref is None:
         head = subprocess.run(["git", "-C", str(project_dir), "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=False)  # fmt: skip
         if head.returncode != 0:
-            raise LocalCloudError(f"{project_dir} has no commit for hosts to pull; commit, or pass --ansible-ref")
+            # Nothing to serve: only `hosts up --from-image` needs it, and it says so itself.
+            log.warning("no commit in %s: hosts booted from the image would have nothing to pull", project_dir)
+            return {"bulkhead:ansibleRepo": SERVED_REPOSITORY}
         ref = head.stdout.strip()
     return {"bulkhead:ansibleRepo": SERVED_REPOSITORY, "bulkhead:ansibleRef": ref}
 
