@@ -26,6 +26,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     specs = inventory.local_hosts(args.region, store, project_dir)
     if args.role:
         specs = [s for s in specs if s.role == args.role or s.tags.get("bulkhead:postgres") == args.role]
+    if args.sample:
+        specs = _sample(specs)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {s.name for s in specs}
@@ -57,6 +59,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.from_image and made:
         print("first boots started: follow them with `bulkhead hosts wait`")
     return cmd_list(args)
+
+
+def _sample(specs: list[HostSpec]) -> list[HostSpec]:
+    """One host of each tier, the router and the dyno host in different AZs: the whole platform, fewest hosts."""
+    router = next((s for s in specs if s.role == "router"), None)
+    dyno = next((s for s in specs if s.role == "dyno_host" and (router is None or s.az != router.az)), None)
+    databases = [s for s in specs if s.role == "postgres"]
+    return [s for s in (router, dyno, *databases) if s is not None]
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -240,6 +250,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--role", help="only the instances of this role (router, dyno_host, postgres, primary, standby)")
     up.add_argument("--only", metavar="IDS", help="only these instances (comma-separated instance ids)")
+    up.add_argument(
+        "--sample",
+        action="store_true",
+        help="one host per tier: a router, a dyno host in another AZ, and the database hosts",
+    )
     up.add_argument("--metadata-timeout", type=float, default=30, metavar="S",
                     help="seconds a first boot waits for the metadata service (default 30)")  # fmt: skip
     up.set_defaults(handler=cmd_up)
