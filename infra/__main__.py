@@ -22,18 +22,6 @@ from components.runtime import DynoCell, DynoCellArgs
 from components.status import StatusSite, StatusSiteArgs
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-REGION_KEYS = (
-    "bulkhead:partnerRegion", "bulkhead:availabilityZones", "bulkhead:vpcCidr", "bulkhead:cells",
-    "bulkhead:routersPerAz", "bulkhead:routerWarmPool", "bulkhead:dynoHostsPerCellAz",
-    "bulkhead:maxConnectionsPerBackend", "bulkhead:routerInstanceType", "bulkhead:dynoInstanceType",
-    "bulkhead:postgresInstanceType", "bulkhead:imageOwner", "bulkhead:imageNamePattern", "bulkhead:ansibleRepo",
-    "bulkhead:ansibleRef",
-    "bulkhead:alertEmail", "bulkhead:archiveRetentionDays",
-)  # fmt: skip
-GLOBAL_KEYS = (
-    "bulkhead:domain", "bulkhead:primaryRegion", "bulkhead:secondaryRegion", "bulkhead:services",
-    "bulkhead:stackOrganization", "bulkhead:statusRegion", "bulkhead:statusRoleArn", "bulkhead:statusDomain",
-)  # fmt: skip
 
 
 def read_config(keys: tuple[str, ...]) -> dict[str, str | None]:
@@ -111,6 +99,7 @@ def region_stack(spec: topology.RegionSpec) -> None:
             image_id=image.id,
             instance_type=spec.postgres_instance_type,
             retention_days=spec.archive_retention_days,
+            base_backup_interval_seconds=spec.base_backup_interval_seconds,
             ansible_repo=spec.ansible_repo,
             ansible_ref=spec.ansible_ref,
             tags=tags,
@@ -167,9 +156,9 @@ def main() -> None:
     others = topology.StackFiles(PROJECT_DIR)
     try:
         if stack == topology.GLOBAL_STACK:
-            global_stack(topology.global_spec(read_config(GLOBAL_KEYS), others.partner_regions()))
+            global_stack(topology.global_spec(read_config(topology.GLOBAL_KEYS), others.partner_regions()))
         else:
-            region_stack(topology.region_spec(stack, read_config(REGION_KEYS), others.peer_vpc_cidrs(stack)))
+            region_stack(topology.region_spec(stack, read_config(topology.REGION_KEYS), others.peer_vpc_cidrs(stack)))
     except topology.ConfigError as error:
         # RunError prints its one line without a traceback, under the pulumi CLI as under the local cloud;
         # the ConfigError behind it lets an in-process runner keep the error's type.

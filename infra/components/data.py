@@ -36,6 +36,7 @@ class PostgresArgs:
     image_id: pulumi.Input[str]
     instance_type: str
     retention_days: int
+    base_backup_interval_seconds: int
     ansible_repo: str
     ansible_ref: str
     tags: dict[str, str] = field(default_factory=dict)
@@ -258,6 +259,7 @@ class Postgres(pulumi.ComponentResource):
             "postgres_server_name": args.server,
             "postgres_archive_bucket": args.archive_bucket,
             "postgres_allowed_networks": [args.vpc_cidr],
+            "postgres_base_backup_interval": args.base_backup_interval_seconds,
         }
         return aws.ec2.Instance(
             name,

@@ -41,6 +41,21 @@ def _fail(stack: str, key: str, problem: str, fix: str) -> ConfigError:
     return ConfigError(f"stack {stack}: {key} {problem}; {fix}")
 
 
+# Every key a stack may set: the program reads these, and `local up --config` accepts no other.
+REGION_KEYS = (
+    "bulkhead:partnerRegion", "bulkhead:availabilityZones", "bulkhead:vpcCidr", "bulkhead:cells",
+    "bulkhead:routersPerAz", "bulkhead:routerWarmPool", "bulkhead:dynoHostsPerCellAz",
+    "bulkhead:maxConnectionsPerBackend", "bulkhead:routerInstanceType", "bulkhead:dynoInstanceType",
+    "bulkhead:postgresInstanceType", "bulkhead:imageOwner", "bulkhead:imageNamePattern", "bulkhead:ansibleRepo",
+    "bulkhead:ansibleRef",
+    "bulkhead:alertEmail", "bulkhead:archiveRetentionDays", "bulkhead:baseBackupIntervalSeconds",
+)  # fmt: skip
+GLOBAL_KEYS = (
+    "bulkhead:domain", "bulkhead:primaryRegion", "bulkhead:secondaryRegion", "bulkhead:services",
+    "bulkhead:stackOrganization", "bulkhead:statusRegion", "bulkhead:statusRoleArn", "bulkhead:statusDomain",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Subnets:
     """The CIDRs of one AZ: a public subnet (load balancer, NAT) and a private one (every host)."""
@@ -73,6 +88,7 @@ class RegionSpec:
     ansible_ref: str
     alert_email: str | None
     archive_retention_days: int
+    base_backup_interval_seconds: int
 
     def subnets(self) -> list[Subnets]:
         """Split the VPC into sixteen equal blocks: public subnets take the first, private the ninth on."""
@@ -212,6 +228,12 @@ def region_spec(stack: str, raw: Mapping[str, Any], peer_cidrs: Mapping[str, str
         alert_email=(str(raw["bulkhead:alertEmail"]) if raw.get("bulkhead:alertEmail") else None),
         archive_retention_days=_int(
             stack, "bulkhead:archiveRetentionDays", _or(raw, "bulkhead:archiveRetentionDays", 35), minimum=7
+        ),
+        base_backup_interval_seconds=_int(
+            stack,
+            "bulkhead:baseBackupIntervalSeconds",
+            _or(raw, "bulkhead:baseBackupIntervalSeconds", 86400),
+            minimum=10,
         ),
     )
 

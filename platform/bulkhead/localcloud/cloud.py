@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bulkhead import s3compat, stack_runner, topology
+from bulkhead.errors import UsageError
 from bulkhead.hosts.image import SERVED_REPOSITORY
 from bulkhead.localcloud import server
 from bulkhead.localcloud.aws import LocalAws, LocalCloudError, local_environment
@@ -58,6 +59,7 @@ def up(
     *,
     project_dir: Path,
     ansible_ref: str | None = None,
+    config: Mapping[str, str] | None = None,
 ) -> tuple[server.ServerInfo, list[StackReport]]:
     """Deploy `stacks` (in deployment order) into the local cloud; returns what changed per stack.
 
@@ -66,8 +68,19 @@ def up(
 
     Hosts pull their roles from this checkout as the sandboxes' relay serves it, at `ansible_ref`
     (default: the checkout's HEAD commit); the stack files keep the repository AWS hosts pull from.
+    `config` sets keys in every region stack, as `pulumi config set` would, and is validated alike.
     """
+    unknown = sorted(set(config or {}) - set(topology.REGION_KEYS))
+    if unknown:
+        raise UsageError(
+            f"unknown config key {', '.join(unknown)}; a region stack takes {', '.join(topology.REGION_KEYS)}"
+        )
     files = topology.StackFiles(project_dir)
+    if config:
+        files = topology.StackFiles(project_dir, {
+            stack: {**topology.read_stack_config(project_dir, stack), **config}
+            for stack in stacks if stack != topology.GLOBAL_STACK
+        })  # fmt: skip
     validate(stacks, store, files)
     if on_start:
         # What each stack held last time: the progress bar's total (unknown on a first run).

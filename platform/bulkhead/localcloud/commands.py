@@ -42,6 +42,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             on_start=started,
             project_dir=project_dir,
             ansible_ref=args.ansible_ref,
+            config=dict(args.config or []),
         )
     table = Table(title=f"local cloud at {info.endpoint}")
     for column in ("stack", "created", "updated", "replaced", "deleted", "unchanged", "seconds"):
@@ -86,6 +87,13 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. bulkhead:baseBackupIntervalSeconds=60")
+    return key, value
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `bulkhead local ...` to the command line."""
     local = commands.add_parser(
@@ -109,6 +117,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="REF",
         help="the commit, branch or tag hosts pull their roles from (default: this checkout's HEAD commit); the "
         "repository is this checkout as `hosts up --from-image` serves it, not the stack files' bulkhead:ansibleRepo",
+    )
+    up.add_argument(
+        "--config",
+        action="append",
+        type=_config_pair,
+        metavar="KEY=VALUE",
+        help="set a key in every region stack for this deployment, e.g. bulkhead:baseBackupIntervalSeconds=60 "
+        "(repeatable; validated as the stack files are)",
     )
     up.set_defaults(handler=cmd_up)
     status = verbs.add_parser("status", help="show the endpoint and each deployed stack")

@@ -154,3 +154,21 @@ def test_cli__the_project_is_found_from_a_directory_inside_it(project_dir, tmp_p
     result = _bulkhead("plan", "--json", "--stacks", STACK, directory=tmp_path / "local", cwd=project_dir / "infra")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[STACK]["aws:ec2/vpc:Vpc"] == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("bulkhead:baseBackupIntervalSeconds=5",
+         "stack us-west-2: bulkhead:baseBackupIntervalSeconds is 5, below the minimum of 10; set it to 10 or more"),
+        ("bulkhead:noSuchKey=1", "unknown config key bulkhead:noSuchKey; a region stack takes bulkhead:partnerRegion,"),
+    ],
+)  # fmt: skip
+def test_cli__a_bad_config_override_is_one_line_exit_2_and_starts_nothing(project, tmp_path, setting, message):
+    directory = tmp_path / "local"
+    result = _bulkhead("--project", str(project), "local", "up", "--stacks", "us-west-2", "--config", setting,
+                       directory=directory, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"bulkhead: error: {message}")
+    assert server.recorded(directory) is None
