@@ -66,7 +66,8 @@ def user_data(role: str, facts: Mapping[str, Any], ansible_repo: str, ansible_re
             # id cannot be asked for without fetching, so ansible-pull finds it.
             f"if ! [[ {shlex.quote(ansible_ref)} =~ ^[0-9a-f]{{40}}$ ]] && "
             f"! git ls-remote --exit-code {shlex.quote(ansible_repo)} {shlex.quote(ansible_ref)} >/dev/null; then",
-            f"  echo {shlex.quote(f'ref {ansible_ref} is not in {ansible_repo}: check bulkhead:ansibleRef')} >&2; exit 3",
+            "  echo " + shlex.quote(f"ref {ansible_ref} is not in {ansible_repo}: check bulkhead:ansibleRef") + " >&2",
+            "  exit 3",
             "fi",
             "python3 -m venv /opt/bulkhead/ansible",
             # Not compiled: Ansible's thousands of modules are byte-compiled, if ever, when used.
