@@ -191,6 +191,14 @@ def test_first_boot__a_second_converge_changes_nothing(booted):
     assert " changed=0 " in line, line
 
 
+def test_first_boot__a_database_host_without_an_instance_store_says_so_and_uses_the_root(booted):
+    primary = booted.chosen["primary"]
+    log = booted.sandboxes.boot_log(booted.spec(primary)).read_text()
+    assert f"no instance store on {primary}: PGDATA stays on the root volume" in log
+    data = booted.sandboxes.directory / primary / "layers/upper/var/lib/bulkhead/postgresql/15/main"
+    assert (data / "PG_VERSION").read_text().strip() == "15"
+
+
 def test_first_boot__the_host_cli_has_no_controller_dependencies(booted):
     listed = booted.run(booted.chosen["primary"], "/opt/bulkhead/barman/bin/pip", "list", "--format=json")
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
