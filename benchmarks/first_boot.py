@@ -88,6 +88,11 @@ def main() -> None:
             rows.append((f"{name} (from hosts up)", seen.get(name, float("nan")), goal))
         rows.append(("whole region serving (8 hosts)", max(seen.values()) if seen else float("nan"), GOALS["region"]))
         boots = [sandboxes.boot_result(s) for s in specs]
+        for spec, boot in zip(specs, boots, strict=True):
+            if boot is None or boot["result"] != "ok":
+                tail = sandboxes.boot_log(spec).read_text(errors="replace").splitlines()[-12:]
+                Console(stderr=True).print(f"{spec.name} ({spec.role}, {spec.az}): {boot}", *tail, sep="\n  | ",
+                                           markup=False, highlight=False)  # fmt: skip
         ok = sum(b is not None and b["result"] == "ok" for b in boots)
         slowest = max((b["seconds"] for b in boots if b), default=float("nan"))
         rows.append((f"first boots finished ok: {ok} of {len(specs)} (slowest)", slowest, None))
