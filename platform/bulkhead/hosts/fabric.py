@@ -36,7 +36,7 @@ from pathlib import Path
 from bulkhead.errors import BulkheadError
 from bulkhead.files import write_json
 from bulkhead.hosts import image, metadata
-from bulkhead.hosts.sandbox import Sandboxes, fabric_netns
+from bulkhead.hosts.sandbox import Sandboxes, fabric_netns, process_running
 from bulkhead.localcloud import server
 from bulkhead.localcloud.aws import LocalAws
 
@@ -95,7 +95,7 @@ def _wait_port(name: str, pid: int, port: int, directory: Path, timeout: float =
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
-        if not _alive(pid):
+        if not process_running(pid):
             break
         time.sleep(0.1)
     raise FabricError(f"{name} did not start on 127.0.0.1:{port}; see {directory / (name + '.log')}")
@@ -169,15 +169,6 @@ def stop_services(services: Services) -> None:
     for pid in services.pids.values():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
 # --- the daemon inside the fabric namespaces ---
@@ -331,7 +322,7 @@ def ensure_services(sandboxes: Sandboxes, project_dir: Path, cache: Path, mirror
     """The caches and the git server running (started if not), the git server serving HEAD as it is now."""
     helpers = sandboxes.helpers()
     record = sandboxes.directory / "services.json"
-    if record.exists() and all(_alive(helpers.get(name, -1)) for name in SERVICES):
+    if record.exists() and all(process_running(helpers.get(name, -1)) for name in SERVICES):
         services = Services(**json.loads(record.read_text()))
     else:
         for name in SERVICES:
@@ -355,7 +346,7 @@ def ensure_daemon(sandboxes: Sandboxes, services: Services, cloud_port: int) -> 
         cloud_endpoint=f"http://127.0.0.1:{cloud_port}",
     )
     record = sandboxes.directory / "fabric-daemon.json"
-    running = _alive(helpers.get("fabric-daemon", -1)) and record.exists()
+    running = process_running(helpers.get("fabric-daemon", -1)) and record.exists()
     if running and json.loads(record.read_text()) == json.loads(json.dumps(asdict(config))):
         return
     sandboxes.forget_helper("fabric-daemon")

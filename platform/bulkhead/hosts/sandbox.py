@@ -365,7 +365,7 @@ class Sandboxes:
                 os.kill(int(pid), signal.SIGKILL)
         deadline = time.monotonic() + 5
         while pids and time.monotonic() < deadline:
-            pids = {p for p in pids if _still_running(p)}
+            pids = {p for p in pids if process_running(p)}
             time.sleep(0.05)
 
 
@@ -374,7 +374,7 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _still_running(pid: str) -> bool:
+def process_running(pid: int | str) -> bool:
     """The process exists and is not a zombie: a killed process waiting to be reaped holds no mount or file."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
