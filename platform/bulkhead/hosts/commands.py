@@ -37,7 +37,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         specs = [s for s in specs if s.name in wanted]
     info = server.running(store.directory)
     if args.from_image:
-        base = image.image_for(image.default_settings())
+        settings = image.default_settings()
+        base = image.image_for(settings)
         problem = base.problem()
         if problem:
             raise SandboxError(f"{problem}; run `bulkhead image build`")
@@ -48,8 +49,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         else:
             if info is None:
                 raise SandboxError("the local cloud is not running; run `bulkhead local up`")
-            mirrors = sorted({entry.split()[1].split("/")[2] for entry in image.machine_sources()})
-            services = fabric.ensure_services(sandboxes, project_dir, image.cache_dir(), mirrors)
+            services = fabric.ensure_services(sandboxes, project_dir, image.cache_dir(), settings.mirror_hosts)
             made = sandboxes.up(specs)
             fabric.ensure_daemon(sandboxes, services, info.port)
             for spec in made:

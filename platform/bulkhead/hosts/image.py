@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from bulkhead.errors import BulkheadError
 from bulkhead.files import write_json
@@ -35,6 +36,8 @@ RELAY_ADDRESS = "169.254.169.1"
 APT_CACHE_PORT, PIP_INDEX_PORT, GIT_PORT, CLOUD_PORT = 3142, 3141, 9418, 4566
 # This checkout, as the relay serves it to the hosts (`bulkhead hosts up --from-image`).
 SERVED_REPOSITORY = f"git://{RELAY_ADDRESS}/bulkhead.git"
+# The AWS endpoint hosts use by default: the local cloud, through the relay.
+DEFAULT_AWS_ENDPOINT_URL = f"http://{RELAY_ADDRESS}:{CLOUD_PORT}"
 # Files whose absence means the root is not a usable Debian: checked before every use.
 ESSENTIAL = ("bin/sh", "usr/bin/apt-get", "usr/bin/python3", "usr/bin/curl", "etc/debian_version")
 
@@ -56,7 +59,12 @@ class SiteSettings:
     ca_pem: tuple[str, ...] = ()
     apt_conf: dict[str, str] = field(default_factory=dict)
     pip_conf: dict[str, str] = field(default_factory=dict)
-    aws_endpoint_url: str = f"http://{RELAY_ADDRESS}:{CLOUD_PORT}"
+    aws_endpoint_url: str = DEFAULT_AWS_ENDPOINT_URL
+
+    @property
+    def mirror_hosts(self) -> list[str]:
+        """The hosts the sources name: all the package cache may fetch from."""
+        return sorted({urlparse(entry.split()[1]).hostname or "" for entry in self.sources} - {""})
 
     def digest(self) -> str:
         payload = json.dumps({**asdict(self), "suite": SUITE, "packages": PACKAGES}, sort_keys=True)
@@ -172,7 +180,7 @@ def default_settings(ca_bundle: Path | None = None, aws_endpoint_url: str | None
         ca_pem=extra_certificates(bundle, debian),
         apt_conf=machine_apt_conf(),
         pip_conf=machine_pip_conf(),
-        aws_endpoint_url=aws_endpoint_url or SiteSettings.__dataclass_fields__["aws_endpoint_url"].default,
+        aws_endpoint_url=aws_endpoint_url or DEFAULT_AWS_ENDPOINT_URL,
     )
 
 

@@ -56,7 +56,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         verb.add_argument("--ca-bundle", metavar="FILE", help="CA bundle whose non-Debian certificates the image "
                           "trusts (default: $SSL_CERT_FILE or /etc/ssl/certs/ca-certificates.crt)")  # fmt: skip
         verb.add_argument("--aws-endpoint-url", metavar="URL", help="the AWS endpoint hosts use (default: the "
-                          f"local cloud through the relay, {image.SiteSettings.aws_endpoint_url})")  # fmt: skip
+                          f"local cloud through the relay, {image.DEFAULT_AWS_ENDPOINT_URL})")  # fmt: skip
         verb.set_defaults(handler=handler)
         if name == "build":
             verb.add_argument("--rebuild", action="store_true", help="build anew even if a usable image exists")

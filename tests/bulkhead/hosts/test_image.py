@@ -48,3 +48,14 @@ def test_settings_digest__changes_with_any_site_setting():
 
 def test_problem__a_missing_image_says_so(tmp_path):
     assert image.Image(tmp_path / "nothing", "abc").problem() == f"no image at {tmp_path / 'nothing'}"
+
+
+def test_mirror_hosts__the_hosts_the_package_cache_may_fetch_from():
+    settings = image.SiteSettings(
+        sources=(
+            "deb http://deb.debian.org/debian bookworm main",
+            "deb http://deb.debian.org/debian-security bookworm-security main",
+            "deb http://mirror.example:8080/debian bookworm-updates main",
+        )
+    )
+    assert settings.mirror_hosts == ["deb.debian.org", "mirror.example"]
