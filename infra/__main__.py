@@ -76,6 +76,8 @@ def region_stack(spec: topology.RegionSpec) -> None:
                 image_id=image.id,
                 instance_type=spec.dyno_instance_type,
                 hosts_per_az=spec.dyno_hosts_per_cell_az,
+                database_members=list(spec.database_members().values()),
+                database_server=spec.database_server,
                 ansible_repo=spec.ansible_repo,
                 ansible_ref=spec.ansible_ref,
                 tags={**tags, "bulkhead:cell": str(cell)},
@@ -92,14 +94,15 @@ def region_stack(spec: topology.RegionSpec) -> None:
             archive_bucket=spec.archive_bucket,
             vpc_id=network.vpc_id,
             vpc_cidr=spec.vpc_cidr,
-            primary_az=spec.availability_zones[0],
-            standby_az=spec.availability_zones[1],
+            members=spec.database_members(),
             private_subnet_ids=network.private_subnet_ids,
             client_security_group_ids=[cell.security_group_id for cell in cells],
             image_id=image.id,
             instance_type=spec.postgres_instance_type,
             retention_days=spec.archive_retention_days,
             base_backup_interval_seconds=spec.base_backup_interval_seconds,
+            synchronous_commit=spec.synchronous_commit,
+            maximum_lag_on_failover=spec.maximum_lag_on_failover,
             ansible_repo=spec.ansible_repo,
             ansible_ref=spec.ansible_ref,
             tags=tags,
@@ -115,8 +118,7 @@ def region_stack(spec: topology.RegionSpec) -> None:
     pulumi.export("archiveBucket", database.archive_bucket)
     pulumi.export("archiveReplicaBucket", database.replica_bucket)
     pulumi.export("databaseServer", spec.database_server)
-    pulumi.export("postgresPrimaryIp", database.primary_private_ip)
-    pulumi.export("postgresStandbyIp", database.standby_private_ip)
+    pulumi.export("postgresMemberIps", database.member_private_ips)
     pulumi.export("controlRods", rods.parameter_names)
     pulumi.export("alarmTopicArn", alerting.topic_arn)
 

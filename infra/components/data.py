@@ -1,4 +1,10 @@
-"""Postgres: a primary and a streaming standby in different AZs, and the WAL archive they write.
+"""Postgres: one Patroni-managed member per AZ, each beside an etcd member, and the WAL archive they write.
+
+Patroni elects the leader through etcd and fences the old one with the leader key's TTL; Bulkhead only
+configures it. etcd runs on the database hosts themselves (one member per AZ): losing an AZ then loses
+one etcd member and one PostgreSQL member together, which a three-member quorum survives, and no tier
+of small instances exists only to hold a few keys. The members' addresses are fixed (from
+`bulkhead.topology`), so that each etcd member can name its peers before any instance exists.
 
 The archive bucket is versioned, encrypted, TLS-only and private, and S3 replication copies it to a
 bucket in the partner region (April 2011: one region's storage hung for days). The database hosts'
@@ -17,6 +23,9 @@ from bulkhead import bootstrap, parameters
 from .host_helpers import agent_policy, host_tags, instance_profile, policy_document
 
 POSTGRES_PORT = 5432
+PATRONI_PORT = 8008
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
 
 
 @dataclass
@@ -29,14 +38,16 @@ class PostgresArgs:
     archive_bucket: str
     vpc_id: pulumi.Input[str]
     vpc_cidr: str
-    primary_az: str
-    standby_az: str
+    # AZ -> the member's fixed private address; the first AZ's member initialises the cluster.
+    members: dict[str, str]
     private_subnet_ids: dict[str, pulumi.Input[str]]
     client_security_group_ids: list[pulumi.Input[str]]
     image_id: pulumi.Input[str]
     instance_type: str
     retention_days: int
     base_backup_interval_seconds: int
+    synchronous_commit: bool
+    maximum_lag_on_failover: int
     ansible_repo: str
     ansible_ref: str
     tags: dict[str, str] = field(default_factory=dict)
@@ -47,8 +58,7 @@ class Postgres(pulumi.ComponentResource):
 
     archive_bucket: pulumi.Output[str]
     replica_bucket: pulumi.Output[str]
-    primary_private_ip: pulumi.Output[str]
-    standby_private_ip: pulumi.Output[str]
+    member_private_ips: pulumi.Output[list[str]]
 
     def __init__(self, name: str, args: PostgresArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("bulkhead:data:Postgres", name, None, opts)
@@ -60,35 +70,39 @@ class Postgres(pulumi.ComponentResource):
         group = aws.ec2.SecurityGroup(
             name,
             vpc_id=args.vpc_id,
-            description="Bulkhead PostgreSQL: clients and replication only",
+            description="Bulkhead PostgreSQL: clients, Patroni's health checks, replication and etcd",
             ingress=[
-                aws.ec2.SecurityGroupIngressArgs(
-                    protocol="tcp",
-                    from_port=POSTGRES_PORT,
-                    to_port=POSTGRES_PORT,
-                    security_groups=args.client_security_group_ids,
+                # Dyno hosts connect to PostgreSQL, and their local HAProxy asks Patroni who leads.
+                *(
+                    aws.ec2.SecurityGroupIngressArgs(
+                        protocol="tcp", from_port=port, to_port=port, security_groups=args.client_security_group_ids
+                    )
+                    for port in (POSTGRES_PORT, PATRONI_PORT)
                 ),
-                aws.ec2.SecurityGroupIngressArgs(
-                    protocol="tcp", from_port=POSTGRES_PORT, to_port=POSTGRES_PORT, self=True
+                # Members replicate, rewind and ask each other's Patroni; etcd members talk only to each other.
+                *(
+                    aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=low, to_port=high, self=True)
+                    for low, high in ((POSTGRES_PORT, POSTGRES_PORT), (PATRONI_PORT, PATRONI_PORT),
+                                      (ETCD_CLIENT_PORT, ETCD_PEER_PORT))
                 ),
             ],
             egress=[aws.ec2.SecurityGroupEgressArgs(protocol="-1", from_port=0, to_port=0, cidr_blocks=["0.0.0.0/0"])],
             tags=args.tags,
             opts=pulumi.ResourceOptions(parent=self),
-        )
+        )  # fmt: skip
         profile = instance_profile(f"{name}-db", self._database_policy(archive), self, args.tags)
-        primary = self._host(f"{name}-primary", "primary", args.primary_az, group, profile, archive)
-        standby = self._host(f"{name}-standby", "standby", args.standby_az, group, profile, archive)
+        hosts = [
+            self._host(f"{name}-pg-{az}", "primary" if i == 0 else "standby", az, group, profile, archive)
+            for i, az in enumerate(args.members)
+        ]
         self.archive_bucket = archive.bucket
         self.replica_bucket = replica.bucket
-        self.primary_private_ip = primary.private_ip
-        self.standby_private_ip = standby.private_ip
+        self.member_private_ips = pulumi.Output.all(*(host.private_ip for host in hosts))
         self.register_outputs(
             {
                 "archiveBucket": archive.bucket,
                 "replicaBucket": replica.bucket,
-                "primaryPrivateIp": primary.private_ip,
-                "standbyPrivateIp": standby.private_ip,
+                "memberPrivateIps": self.member_private_ips,
             }
         )
 
@@ -232,7 +246,7 @@ class Postgres(pulumi.ComponentResource):
                     "Resource": [archive.arn],
                     "Condition": {"StringLike": {"s3:prefix": [server, f"{server}/*"]}},
                 },
-                # The primary publishes its address and the replication password; the standby reads them.
+                # The first member publishes its address and the cluster's passwords; the others read them.
                 {
                     "Effect": "Allow",
                     "Action": ["ssm:GetParameter", "ssm:PutParameter"],
@@ -246,7 +260,7 @@ class Postgres(pulumi.ComponentResource):
     def _host(
         self,
         name: str,
-        replication_role: str,
+        initial_role: str,
         az: str,
         group: aws.ec2.SecurityGroup,
         profile: aws.iam.InstanceProfile,
@@ -255,11 +269,15 @@ class Postgres(pulumi.ComponentResource):
         args = self._args
         facts = {
             "bulkhead_region": args.region,
-            "postgres_replication_role": replication_role,
+            # Which member initialises the cluster ("primary") and which wait for it; Patroni decides who leads.
+            "postgres_replication_role": initial_role,
             "postgres_server_name": args.server,
             "postgres_archive_bucket": args.archive_bucket,
             "postgres_allowed_networks": [args.vpc_cidr],
             "postgres_base_backup_interval": args.base_backup_interval_seconds,
+            "postgres_members": list(args.members.values()),
+            "postgres_synchronous_mode": args.synchronous_commit,
+            "postgres_maximum_lag_on_failover": args.maximum_lag_on_failover,
         }
         return aws.ec2.Instance(
             name,
@@ -267,13 +285,14 @@ class Postgres(pulumi.ComponentResource):
             instance_type=args.instance_type,
             subnet_id=args.private_subnet_ids[az],
             availability_zone=az,
+            private_ip=args.members[az],
             vpc_security_group_ids=[group.id],
             iam_instance_profile=profile.name,
             user_data=bootstrap.user_data("postgres", facts, args.ansible_repo, args.ansible_ref),
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_tokens="required", http_endpoint="enabled", instance_metadata_tags="enabled"
             ),
-            tags={**host_tags("postgres", args.region, az, postgres=replication_role), "Name": name},
+            tags={**host_tags("postgres", args.region, az, postgres=initial_role), "Name": name},
             # The instance reads the bucket name from its facts; it must exist before the first archive.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[archive]),
         )

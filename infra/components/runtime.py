@@ -31,6 +31,9 @@ class DynoCellArgs:
     image_id: pulumi.Input[str]
     instance_type: str
     hosts_per_az: int
+    # The database members' addresses (the local HAProxy follows their Patroni) and the server's name.
+    database_members: list[str]
+    database_server: str
     ansible_repo: str
     ansible_ref: str
     tags: dict[str, str] = field(default_factory=dict)
@@ -71,7 +74,16 @@ class DynoCell(pulumi.ComponentResource):
                         "Effect": "Allow",
                         "Action": ["ssm:PutParameter", "ssm:DeleteParameter"],
                         "Resource": [parameters.arn(args.region, parameters.routes_path(args.region))],
-                    }
+                    },
+                    # The apps' database password, and nothing else of the database's.
+                    {
+                        "Effect": "Allow",
+                        "Action": "ssm:GetParameter",
+                        "Resource": [
+                            f"arn:aws:ssm:{args.region}:*:parameter"
+                            f"{parameters.app_password(args.region, args.database_server)}"
+                        ],
+                    },
                 ],
             ),
             self,
@@ -85,7 +97,12 @@ class DynoCell(pulumi.ComponentResource):
             security_group_ids=[group.id],
             user_data_base64=bootstrap.user_data_base64(
                 "dyno_host",
-                {"bulkhead_region": args.region, "bulkhead_cell": args.cell},
+                {
+                    "bulkhead_region": args.region,
+                    "bulkhead_cell": args.cell,
+                    "postgres_members": args.database_members,
+                    "postgres_server_name": args.database_server,
+                },
                 args.ansible_repo,
                 args.ansible_ref,
             ),

@@ -1,9 +1,9 @@
 """Where hosts meet in SSM Parameter Store: what one host publishes and another reads at first boot.
 
 A first boot knows only its own metadata and tags, so cross-host facts travel through SSM: dyno hosts
-publish their routes for the routers; a database primary publishes its address and the replication
-password for its standby. The roles' defaults name the same paths; the program grants each tier
-exactly its part of them.
+publish their routes for the routers; the initial database primary publishes its address and the
+cluster's passwords for the other members, and the apps' password for the dyno hosts. The roles'
+defaults name the same paths; the program grants each tier exactly its part of them.
 """
 
 from __future__ import annotations
@@ -15,8 +15,14 @@ def routes_path(region: str) -> str:
 
 
 def database_path(region: str, server: str) -> str:
-    """Under it, `primary` (the primary's address) and `replication-password` (a SecureString)."""
+    """Under it, `primary` (the initial primary's address) and `<name>-password` SecureStrings
+    (replication, superuser, app)."""
     return f"/bulkhead/{region}/postgres/{server}"
+
+
+def app_password(region: str, server: str) -> str:
+    """The one database parameter a dyno host may read: the apps' password."""
+    return f"{database_path(region, server)}/app-password"
 
 
 def arn(region: str, path: str) -> str:

@@ -49,7 +49,12 @@ REGION_KEYS = (
     "bulkhead:postgresInstanceType", "bulkhead:imageOwner", "bulkhead:imageNamePattern", "bulkhead:ansibleRepo",
     "bulkhead:ansibleRef",
     "bulkhead:alertEmail", "bulkhead:archiveRetentionDays", "bulkhead:baseBackupIntervalSeconds",
+    "bulkhead:synchronousCommit", "bulkhead:maximumLagOnFailover",
 )  # fmt: skip
+# Where each AZ's database member lives, counted back from the top of its private subnet: fixed, so that
+# the etcd members can name their peers before any instance exists, and far from where EC2 (and moto,
+# which counts up from the bottom) hands out addresses to the Auto Scaling groups' instances.
+DATABASE_ADDRESS_FROM_TOP = 10
 GLOBAL_KEYS = (
     "bulkhead:domain", "bulkhead:primaryRegion", "bulkhead:secondaryRegion", "bulkhead:services",
     "bulkhead:stackOrganization", "bulkhead:statusRegion", "bulkhead:statusRoleArn", "bulkhead:statusDomain",
@@ -89,6 +94,17 @@ class RegionSpec:
     alert_email: str | None
     archive_retention_days: int
     base_backup_interval_seconds: int
+    # Patroni's synchronous_mode (non-strict): an acknowledged commit is on two members.
+    synchronous_commit: bool = True
+    # Patroni's maximum_lag_on_failover, in bytes: a replica further behind is never promoted.
+    maximum_lag_on_failover: int = 1048576
+
+    def database_members(self) -> dict[str, str]:
+        """AZ -> the private address of that AZ's PostgreSQL + etcd member: one per AZ, so losing one keeps a quorum."""
+        return {
+            subnets.az: str(ipaddress.ip_network(subnets.private_cidr).broadcast_address - DATABASE_ADDRESS_FROM_TOP)
+            for subnets in self.subnets()
+        }
 
     def subnets(self) -> list[Subnets]:
         """Split the VPC into sixteen equal blocks: public subnets take the first, private the ninth on."""
@@ -157,6 +173,15 @@ def _int(stack: str, key: str, value: Any, minimum: int) -> int:
     if number < minimum:
         raise _fail(stack, key, f"is {number}, below the minimum of {minimum}", f"set it to {minimum} or more")
     return number
+
+
+def _bool(stack: str, key: str, value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise _fail(stack, key, f"is {value!r}, not true or false", "set true or false")
 
 
 def _list(stack: str, key: str, value: Any) -> list[str]:
@@ -234,6 +259,10 @@ def region_spec(stack: str, raw: Mapping[str, Any], peer_cidrs: Mapping[str, str
             "bulkhead:baseBackupIntervalSeconds",
             _or(raw, "bulkhead:baseBackupIntervalSeconds", 86400),
             minimum=10,
+        ),
+        synchronous_commit=_bool(stack, "bulkhead:synchronousCommit", _or(raw, "bulkhead:synchronousCommit", True)),
+        maximum_lag_on_failover=_int(
+            stack, "bulkhead:maximumLagOnFailover", _or(raw, "bulkhead:maximumLagOnFailover", 1048576), minimum=0
         ),
     )
 

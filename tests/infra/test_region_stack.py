@@ -25,6 +25,8 @@ class Expected:
     dyno_hosts_per_cell_az: int
     archive_bucket: str
     database_server: str
+    # The members' fixed addresses (10th from the top of each AZ's private /20), in AZ order.
+    database_members: tuple[str, str, str]
     router_warm_pool: int = 2
     max_connections_per_backend: int = 64
     archive_retention_days: int = 35
@@ -32,11 +34,14 @@ class Expected:
 
 EXPECTED = {
     "eu-west-1": Expected("eu-west-1", "eu-central-1", ("eu-west-1a", "eu-west-1b", "eu-west-1c"), 1, 1,
-                          "bulkhead-eu-west-1-archive", "pg-eu-west-1"),
+                          "bulkhead-eu-west-1-archive", "pg-eu-west-1",
+                          ("10.30.143.245", "10.30.159.245", "10.30.175.245")),
     "us-east-1": Expected("us-east-1", "us-west-2", ("us-east-1a", "us-east-1b", "us-east-1c"), 2, 1,
-                          "bulkhead-us-east-1-archive", "pg-us-east-1"),
+                          "bulkhead-us-east-1-archive", "pg-us-east-1",
+                          ("10.10.143.245", "10.10.159.245", "10.10.175.245")),
     "us-west-2": Expected("us-west-2", "us-east-1", ("us-west-2a", "us-west-2b", "us-west-2c"), 2, 1,
-                          "bulkhead-us-west-2-archive", "pg-us-west-2"),
+                          "bulkhead-us-west-2-archive", "pg-us-west-2",
+                          ("10.20.143.245", "10.20.159.245", "10.20.175.245")),
 }  # fmt: skip
 
 COMPONENT_TYPES = {
@@ -61,6 +66,12 @@ def region(request, planned) -> tuple[Expected, StackRun]:
 
 def _subnet_azs(run: StackRun) -> dict[str, str]:
     return {s.id: s.inputs["availabilityZone"] for s in run.of_type("aws:ec2/subnet:Subnet")}
+
+
+def _user_data_facts(instance: DeclaredResource) -> dict:
+    """The host facts a first boot writes, read back out of the user data's `echo '{...}'` line."""
+    (line,) = [line for line in instance.inputs["userData"].splitlines() if line.startswith("echo '{")]
+    return json.loads(line.removeprefix("echo '").split("' | ")[0])
 
 
 def _tags(group: DeclaredResource) -> dict[str, str]:
@@ -120,13 +131,30 @@ def test_region_stack__every_dyno_cell_has_hosts_in_every_az(region):
         assert all(g.inputs["desiredCapacity"] == spec.dyno_hosts_per_cell_az for g in groups)
 
 
-def test_region_stack__postgres_primary_and_standby_in_different_azs(region):
-    _, run = region
-    hosts = {i.inputs["tags"]["bulkhead:postgres"]: i for i in run.of_type("aws:ec2/instance:Instance")}
-    assert set(hosts) == {"primary", "standby"}
-    assert hosts["primary"].inputs["availabilityZone"] != hosts["standby"].inputs["availabilityZone"]
-    for host in hosts.values():
+def test_region_stack__one_postgres_and_etcd_member_per_az_at_fixed_addresses(region):
+    spec, run = region
+    hosts = sorted(run.of_type("aws:ec2/instance:Instance"), key=lambda i: i.inputs["availabilityZone"])
+    assert [h.inputs["availabilityZone"] for h in hosts] == list(spec.availability_zones)
+    assert [h.inputs["privateIp"] for h in hosts] == list(spec.database_members)
+    # The first AZ's member initialises the cluster; Patroni decides who leads afterwards.
+    assert [h.inputs["tags"]["bulkhead:postgres"] for h in hosts] == ["primary", "standby", "standby"]
+    for host in hosts:
         assert _subnet_azs(run)[host.inputs["subnetId"]] == host.inputs["availabilityZone"]
+        facts = _user_data_facts(host)
+        assert facts["postgres_members"] == list(spec.database_members)
+        assert facts["postgres_synchronous_mode"] is True
+        assert facts["postgres_maximum_lag_on_failover"] == 1048576
+
+
+def test_region_stack__etcd_and_patroni_reachable_only_from_members_and_dyno_hosts(region):
+    _, run = region
+    (database,) = [g for g in run.of_type("aws:ec2/securityGroup:SecurityGroup") if "PostgreSQL" in
+                   g.inputs.get("description", "")]  # fmt: skip
+    rules = {(r["fromPort"], r["toPort"], bool(r.get("self")), bool(r.get("securityGroups")))
+             for r in database.inputs["ingress"]}  # fmt: skip
+    assert rules == {(5432, 5432, False, True), (8008, 8008, False, True),
+                     (5432, 5432, True, False), (8008, 8008, True, False), (2379, 2380, True, False)}  # fmt: skip
+    assert not any(r.get("cidrBlocks") for r in database.inputs["ingress"])
 
 
 def _bucket_config(run: StackRun, type_token: str, bucket: DeclaredResource) -> DeclaredResource:

@@ -36,6 +36,15 @@ def archiving_problem(conninfo: str) -> str | None:
     return None
 
 
+def in_recovery(conninfo: str) -> bool:
+    """The server is a replica (Patroni's leader is elsewhere): only the leader takes scheduled backups."""
+    try:
+        with psycopg.connect(conninfo, connect_timeout=5, autocommit=True) as connection:
+            return bool(connection.execute("SELECT pg_is_in_recovery()").fetchone()[0])
+    except psycopg.Error as error:
+        raise BackupError(f"cannot connect to PostgreSQL ({conninfo}): {str(error).strip().splitlines()[0]}") from None
+
+
 def backup(
     archive: Archive,
     host: str,

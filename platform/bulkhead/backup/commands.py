@@ -20,8 +20,10 @@ from bulkhead.backup.settings import (
     Archive,
     BackupError,
     conf_lines,
+    replica_command,
     server_settings,
 )
+from bulkhead.ha import commands as ha_commands
 
 
 def _archive(args: argparse.Namespace, url: str | None = None, endpoint: str | None = None) -> Archive:
@@ -36,13 +38,23 @@ def _target_time(value: str) -> dt.datetime:
 
 
 def cmd_archive_command(args: argparse.Namespace) -> int:
-    print("\n".join(conf_lines(server_settings(_archive(args), args.archive_timeout))))
+    archive = _archive(args)
+    settings = server_settings(archive, args.archive_timeout)
+    if args.json:
+        # For Patroni: restore_command belongs in its recovery settings, not with the server's parameters.
+        restore = settings.pop("restore_command")
+        document = {"parameters": settings, "restore_command": restore, "replica_command": replica_command(archive)}
+        print(json.dumps(document, indent=2, sort_keys=True))
+        return 0
+    print("\n".join(conf_lines(settings)))
     return 0
 
 
 log = logging.getLogger("bulkhead.db")
 # After a failed scheduled backup (archive down, server restarting), try again this soon, not a day later.
 RETRY_SECONDS = 60
+# How often a replica's backup program looks again whether it has become the leader.
+REPLICA_CHECK_SECONDS = 10
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -64,10 +76,17 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def _backup_on_schedule(args: argparse.Namespace) -> int:
-    """Run for ever under a supervisor: a base backup whenever the newest in the archive is `--every` old."""
+    """Run for ever under a supervisor: a base backup whenever the newest in the archive is `--every` old.
+
+    Every database member runs this; only the one that is not in recovery (Patroni's leader) backs up.
+    """
     archive = _archive(args)
+    conninfo = f"host={args.host} port={args.port} user={args.user} dbname=postgres"
     while True:
         try:
+            if base_backup.in_recovery(conninfo):
+                time.sleep(REPLICA_CHECK_SECONDS)
+                continue
             backups = catalog.list_backups(archive)
             newest = backups[-1].end_time if backups else None
             wait = seconds_until_due(newest, args.every, dt.datetime.now(dt.UTC))
@@ -131,11 +150,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `bulkhead db ...` to the command line."""
     db = commands.add_parser(
         "db",
-        help="continuous backup and restore of PostgreSQL (barman-cloud)",
-        description="Back up, list, verify, restore and copy a PostgreSQL server's archive in S3. Every verb takes "
-        "--archive s3://BUCKET/PREFIX --server NAME [--endpoint-url URL].",
+        help="the database: continuous backup and restore (barman-cloud), failover (Patroni)",
+        description="Back up, list, verify, restore and copy a PostgreSQL server's archive in S3 (these verbs take "
+        "--archive s3://BUCKET/PREFIX --server NAME [--endpoint-url URL]); see a region's cluster and move its "
+        "leader (status, switchover, failover, url: these take --region).",
     )
     verbs = db.add_subparsers(dest="verb", required=True, metavar="VERB")
+    ha_commands.register_verbs(verbs)
 
     def verb(name: str, help_text: str, handler) -> argparse.ArgumentParser:
         parser = verbs.add_parser(name, help=help_text, description=help_text)
@@ -148,6 +169,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     command = verb("archive-command", "print the postgresql.conf lines for continuous archiving", cmd_archive_command)
     command.add_argument(
         "--archive-timeout", type=int, default=DEFAULT_ARCHIVE_TIMEOUT, help="seconds; bounds data lost (default 60)"
+    )
+    command.add_argument(
+        "--json",
+        action="store_true",
+        help="print {parameters, restore_command, replica_command} for Patroni (replica_command builds a member "
+        "from the newest base backup: append the data directory)",
     )
     backup_parser = verb("backup", "take a base backup (checks that WAL archiving works first)", cmd_backup)
     backup_parser.add_argument("--host", required=True, help="PostgreSQL host (the backup runs on the database host)")

@@ -93,6 +93,12 @@ def restore_command(archive: Archive) -> str:
     )
 
 
+def replica_command(archive: Archive) -> str:
+    """barman-cloud-restore of the newest base backup, less its target directory: how a member is rebuilt
+    from the archive (Patroni's create_replica_method), so that rebuilding never loads the leader."""
+    return _command(archive, "barman-cloud-restore", archive.url, archive.server, "latest")
+
+
 def server_settings(archive: Archive, archive_timeout: int = DEFAULT_ARCHIVE_TIMEOUT) -> dict[str, str]:
     """Every postgresql.conf setting continuous archiving needs, as name -> value."""
     return {

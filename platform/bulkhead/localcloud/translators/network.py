@@ -310,6 +310,8 @@ def _instance(target: Target, inputs: Inputs) -> tuple[str, State]:
     }
     if inputs.get("availabilityZone"):
         request["Placement"] = {"AvailabilityZone": inputs["availabilityZone"]}
+    if inputs.get("privateIp"):
+        request["PrivateIpAddress"] = inputs["privateIp"]
     if inputs.get("iamInstanceProfile"):
         request["IamInstanceProfile"] = {"Name": inputs["iamInstanceProfile"]}
     if inputs.get("metadataOptions"):
