@@ -22,6 +22,7 @@ GROUPS = (
     ("db", "bulkhead.backup.commands", "host"),
     ("hosts", "bulkhead.hosts.commands", "controller"),
     ("image", "bulkhead.hosts.image_commands", "controller"),
+    ("drill", "bulkhead.drills.commands", "controller"),
 )
 
 

@@ -1,4 +1,6 @@
-"""One region of the local cloud with real sandbox hosts, configured once for the whole module.
+"""One region of the local cloud with real sandbox hosts, every one of its instances, configured once for
+the session: the role checks (test_sandbox_hosts) and the failover drills (test_sandbox_hosts_failover)
+share it, in that order.
 
 testinfra reaches a sandbox exactly as Ansible's connection does (`community.general.chroot` with the
 sandboxes' chroot wrapper as its `chroot_exe`: enter the namespace, then the root), without starting
@@ -12,6 +14,7 @@ import testinfra.host
 from testinfra.backend.base import CommandResult
 from testinfra.backend.chroot import ChrootBackend
 
+from bulkhead.ha.reach import Reach
 from bulkhead.hosts import converge, inventory
 from bulkhead.hosts.sandbox import Sandboxes
 from bulkhead.localcloud import cloud, server
@@ -64,21 +67,25 @@ class Site:
     def extra_vars(self, specs=None) -> dict:
         return converge.extra_vars(specs or self.specs, self.sandboxes, self.store, self.project_dir)
 
+    @property
+    def reach(self) -> Reach:
+        return Reach(self.sandboxes, self.store_region)
+
     def converge(self, **kwargs):
         extra = {**self.extra_vars(), **kwargs.pop("extra", {})}
         return converge.converge(self.sandboxes, self.inventory_path, extra, self.project_dir, **kwargs)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def site(project_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("site")
     store = Store(base / "local")
     sandboxes = Sandboxes(base / "hosts")
     try:
         cloud.up([REGION], store, project_dir=project_dir)
-        everything = inventory.local_hosts(REGION, store, project_dir)
-        # Both databases, a dyno host in every AZ, one router: every check, fewer hosts to converge.
-        specs = [s for s in everything if s.role != "router"] + [s for s in everything if s.role == "router"][:1]
+        # Every host: a router, a dyno host and a database member (with etcd) in each AZ, so that any AZ can
+        # be lost while the others serve.
+        specs = inventory.local_hosts(REGION, store, project_dir)
         sandboxes.up(specs, s3_port=server.running(store.directory).port)
         path = inventory.write_inventory(specs, sandboxes, store)
         extra = converge.extra_vars(specs, sandboxes, store, project_dir)

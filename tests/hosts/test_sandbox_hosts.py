@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from bulkhead.backup.settings import Archive, archive_command
-from bulkhead.hosts import converge, inventory
+from bulkhead.hosts import converge
 from bulkhead.hosts.sandbox import Sandboxes, fabric_netns
 from bulkhead.localcloud import server
 from bulkhead.localcloud.aws import LOCAL_CREDENTIALS
@@ -31,34 +32,46 @@ def test_postgres__listens_on_the_sandbox_address(site):
         assert site.host(spec).socket(f"tcp://{spec.address}:5432").is_listening
 
 
-def test_postgres__the_standby_streams_what_the_primary_writes(site):
-    (primary,) = site.of_role("postgres", postgres="primary")
-    (standby,) = site.of_role("postgres", postgres="standby")
-    assert primary.az != standby.az
-    _psql(
-        site.host(primary),
-        "CREATE TABLE IF NOT EXISTS probe (v text); INSERT INTO probe VALUES ('written on the primary')",
-    )
-    standby_host = site.host(standby)
-    assert _psql(standby_host, "SELECT pg_is_in_recovery()") == "t"
+def _leader_and_replicas(site):
+    found = site.reach.cluster()
+    (leader,) = [s for s in site.of_role("postgres") if s.name in {m.host for m in found if m.role == "leader"}]
+    return leader, [s for s in site.of_role("postgres") if s.name != leader.name]
+
+
+def test_postgres__one_member_per_az_under_patroni_and_the_replicas_stream_what_the_leader_writes(site):
+    leader, replicas = _leader_and_replicas(site)
+    assert sorted(s.az for s in site.of_role("postgres")) == ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+    assert len(replicas) == 2
+    for spec in site.of_role("postgres"):
+        assert "RUNNING" in site.host(spec).check_output("supervisorctl status patroni etcd").splitlines()[0]
+    _psql(site.host(leader), "CREATE TABLE IF NOT EXISTS probe (v text); INSERT INTO probe VALUES ('on the leader')")
     deadline = time.monotonic() + 30
-    while _psql(standby_host, "SELECT count(*) FROM probe WHERE v = 'written on the primary'") != "1":
-        if time.monotonic() > deadline:
-            pytest.fail("the row written on the primary did not reach the standby within 30 s")
-        time.sleep(0.2)
+    for replica in replicas:
+        host = site.host(replica)
+        assert _psql(host, "SELECT pg_is_in_recovery()") == "t"
+        while _psql(host, "SELECT count(*) FROM probe WHERE v = 'on the leader'") != "1":
+            if time.monotonic() > deadline:
+                pytest.fail(f"the row written on the leader did not reach {replica.name} within 30 s")
+            time.sleep(0.2)
+
+
+def test_postgres__synchronous_mode_keeps_one_synchronous_replica(site):
+    found = site.reach.cluster()
+    assert site.reach.dynamic_config()["synchronous_mode"] is True
+    assert sum(m.synchronous for m in found) == 1
 
 
 def test_postgres__archive_command_is_the_one_bulkhead_db_defines(site):
-    (primary,) = site.of_role("postgres", postgres="primary")
+    leader, _ = _leader_and_replicas(site)
     endpoint = server.running(site.store.directory).endpoint
-    outputs = site.store.outputs(primary.region)
+    outputs = site.store.outputs(leader.region)
     expected = archive_command(Archive(f"s3://{outputs['archiveBucket']}", outputs["databaseServer"], endpoint))
-    assert _psql(site.host(primary), "SHOW archive_command") == expected
-    assert _psql(site.host(primary), "SHOW archive_mode") == "on"
+    assert _psql(site.host(leader), "SHOW archive_command") == expected
+    assert _psql(site.host(leader), "SHOW archive_mode") == "on"
 
 
-def test_postgres__the_primary_archives_its_wal_into_the_local_clouds_bucket(site):
-    (primary,) = site.of_role("postgres", postgres="primary")
+def test_postgres__the_leader_archives_its_wal_into_the_local_clouds_bucket(site):
+    primary, _ = _leader_and_replicas(site)
     host = site.host(primary)
     _psql(host, "CREATE TABLE IF NOT EXISTS archived (v int); INSERT INTO archived VALUES (1)")
     segment = _psql(host, "SELECT pg_walfile_name(pg_switch_wal())")
@@ -116,17 +129,18 @@ def test_site__a_second_run_changes_nothing(site):
     assert {name: n for name, n in again.changed.items() if n} == {}
 
 
-def test_configure__a_standby_without_a_primary_fails_naming_host_and_variable(site):
-    (standby,) = site.of_role("postgres", postgres="standby")
-    (primary,) = site.of_role("postgres", postgres="primary")
-    result = site.converge(playbook="postgres.yml", extra={"postgres_primary_address": ""})
-    assert result.failures == [
-        f"host {standby.name} failed at 'Ensure a standby knows its primary': host {standby.name}: "
-        "postgres_primary_address is empty; a standby needs its primary (put a host in group postgres_primary "
-        "or set postgres_primary_address)"
-    ]
-    assert result.changed.get(primary.name, 0) == 0, "the primary is unharmed"
-    assert _psql(site.host(primary), "SELECT 1") == "1"
+def test_configure__a_member_list_without_the_host_fails_naming_host_and_variable(site):
+    leader, _ = _leader_and_replicas(site)
+    members = site.of_role("postgres")
+    result = site.converge(playbook="postgres.yml", extra={"postgres_members": ["10.30.143.1"]})
+    assert sorted(result.failures) == sorted(
+        f"host {m.name} failed at 'Ensure the cluster has an odd number of members, this host among them': "
+        f"host {m.name}: etcd_members is ['10.30.143.1'] and this host's address is {m.address}; give 1, 3 or 5 "
+        "member addresses that include this host's (the region stack's postgres_members)"
+        for m in members
+    )
+    assert all(result.changed.get(m.name, 0) == 0 for m in members), "no member was touched"
+    assert _psql(site.host(leader), "SELECT 1") == "1"
 
 
 def test_configure__an_unreachable_host_is_named_and_the_others_converge(site, tmp_path):
@@ -144,12 +158,13 @@ def test_configure__an_unreachable_host_is_named_and_the_others_converge(site, t
 
 
 def test_hosts_down__leaves_no_mount_namespace_or_process(site, tmp_path):
-    # Given: a set of sandboxes of its own, of the routers the site left out (the site stays up for the tests
-    # that run after this one, and a host's namespace is named for its instance)
+    # Given: a set of sandboxes of its own, for two made-up instances beside the site's (which stays up for the
+    # tests after this one; a host's namespace is named for its instance)
     sandboxes = Sandboxes(tmp_path / "own-hosts")
-    taken = {s.name for s in site.specs}
-    specs = [s for s in inventory.local_hosts(site.store_region, site.store, site.project_dir) if s.name not in taken]
-    assert len(specs) == 2
+    routers = site.of_role("router")[:2]
+    specs = [
+        dataclasses.replace(r, name=f"i-down{i:013d}", address=f"10.30.{200 + i}.9") for i, r in enumerate(routers)
+    ]
     directory = sandboxes.directory
     namespaces = {s.netns for s in specs} | {fabric_netns(site.store_region, directory)}
     try:

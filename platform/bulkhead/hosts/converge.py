@@ -33,14 +33,17 @@ class Converged:
 
 
 def extra_vars(specs: list[HostSpec], sandboxes: Sandboxes, store: Store, project_dir: Path) -> dict:
-    """What the local cloud tells the roles: the VPC's networks, the controller's bulkhead, the archive."""
+    """What the local cloud tells the roles: the VPC's networks, the archive's endpoint and credentials.
+
+    The database hosts' bulkhead, barman-cloud and Patroni are the role's default, /opt/bulkhead/barman,
+    which scripts/setup fills from this checkout (a first boot installs it from the pulled ref).
+    """
     files = topology.StackFiles(project_dir)
     regions = sorted({s.region for s in specs})
     networks = sorted({str(ipaddress.ip_network(files.config(r)["bulkhead:vpcCidr"])) for r in regions})
     info = server.running(store.directory)
     return {
         "postgres_allowed_networks": networks,
-        "postgres_bulkhead_cli": str(Path(sys.prefix) / "bin" / "bulkhead"),
         "postgres_archive_endpoint_url": info.endpoint if info else "",
         # The local cloud takes any credentials; on AWS the instance role provides them instead.
         "postgres_environment": local_environment(regions[0] if regions else "us-east-1"),
@@ -89,6 +92,8 @@ def converge(
         extravars=extra,
         quiet=True,
         event_handler=handle,
+        # Otherwise ansible-runner writes the first run's extra vars to env/extravars and keeps reading them.
+        suppress_env_files=True,
         envvars={
             "PATH": f"{Path(sys.prefix) / 'bin'}:{os.environ.get('PATH', '')}",
             "ANSIBLE_ROLES_PATH": str(roles_dir),

@@ -325,6 +325,37 @@ class Sandboxes:
         )  # fmt: skip
         log.info("first boot started", extra={"host": spec.name, "role": spec.role})
 
+    # --- power and links, as a drill uses them: real faults to real processes and links ---
+
+    def set_link(self, spec: HostSpec, up: bool) -> None:
+        """Take the host's only network link down (cut off from every other host) or bring it back."""
+        _run("ip", "-n", spec.netns, "link", "set", "eth0", "up" if up else "down")
+        if up:
+            # A link going down takes its routes with it; the kernel restores only the subnet's own.
+            _run("ip", "-n", spec.netns, "route", "replace", LINK_LOCAL, "dev", "eth0")
+
+    def power_off(self, spec: HostSpec) -> None:
+        """As a power interruption: the link goes down and every process of the host dies at once (SIGKILL)."""
+        self.set_link(spec, up=False)
+        self._kill_inside(spec, self.root(spec))
+        log.info("host powered off", extra={"host": spec.name, "az": spec.az})
+
+    def power_on(self, spec: HostSpec) -> None:
+        """Boot a powered-off host again: its disk is as the crash left it; /run starts without the dead
+        processes' sockets and pid files, as a fresh tmpfs would; supervisord (its init) starts its programs."""
+        run = self.root(spec) / "run"
+        for stale in [
+            *run.glob("*.pid"),
+            *run.glob("*.sock"),
+            *run.glob("*/*.pid"),
+            *run.glob("postgresql/.s.PGSQL.*"),
+        ]:
+            if stale.name != "bulkhead-s3.sock":  # the VPC endpoint's socket: kept by its relay outside the host
+                stale.unlink(missing_ok=True)
+        self.set_link(spec, up=True)
+        self._start_init(spec)
+        log.info("host powered on", extra={"host": spec.name, "az": spec.az})
+
     # --- down ---
 
     def down(self) -> int:

@@ -1,0 +1,81 @@
+"""`bulkhead drill`: real faults on one region's sandbox hosts, with a report of what they cost."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from bulkhead import project
+from bulkhead.drills import az_loss, ebs_loss
+from bulkhead.drills.report import Report
+from bulkhead.ha.reach import Reach
+
+
+def _finish(args: argparse.Namespace, report: Report) -> int:
+    project_dir = project.find(args.project)
+    path = report.save(project.state_dir(project_dir, "drills"))
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+        return 0
+    table = Table(title=f"drill {report.drill} in {report.region} ({report.az}): {path}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name in ("rto_s", "rows_acknowledged", "rows_lost", "http_ok_ratio", "rejoined_s", "old_leader",
+                 "new_leader", "failed_over"):  # fmt: skip
+        value = getattr(report, name)
+        table.add_row(name, "-" if value is None else str(value))
+    steps = Table(title="steps")
+    steps.add_column("step")
+    steps.add_column("seconds", justify="right")
+    for entry in report.steps:
+        steps.add_row(entry["name"], f"{entry['seconds']:.1f}")
+    console = Console()
+    console.print(table)
+    console.print(steps)
+    return 0
+
+
+def _progress(args: argparse.Namespace):
+    console = Console(stderr=True)
+    return lambda name: console.print(f"[drill {args.verb}] {name}", highlight=False) if sys.stderr else None
+
+
+def cmd_az_loss(args: argparse.Namespace) -> int:
+    project_dir = project.find(args.project)
+    reach = Reach.of_project(project_dir, args.region)
+    scratch = project.state_dir(project_dir, "drills") / "logs"
+    return _finish(args, az_loss.run(reach, args.az, scratch, _progress(args)))
+
+
+def cmd_ebs_loss(args: argparse.Namespace) -> int:
+    project_dir = project.find(args.project)
+    reach = Reach.of_project(project_dir, args.region)
+    scratch = project.state_dir(project_dir, "drills") / "logs"
+    return _finish(args, ebs_loss.run(reach, scratch, _progress(args)))
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `bulkhead drill ...` to the command line."""
+    drill = commands.add_parser(
+        "drill",
+        help="real faults on a region's sandbox hosts (AZ power loss, a lost volume), with RTO and rows lost",
+        description="Each drill checks the region is healthy (or changes nothing), starts a writer on a dyno host "
+        "(numbered rows through 127.0.0.1:5432) and an HTTP prober through the routers, does its fault to real "
+        "processes, links and files, waits for recovery, and reports rto_s, rows_acknowledged, rows_lost, "
+        "http_ok_ratio, rejoined_s and each step's seconds. The report is also written to .bulkhead/drills/.",
+    )
+    verbs = drill.add_subparsers(dest="verb", required=True, metavar="DRILL")
+    az = verbs.add_parser("az-loss", help="power off every host of one AZ, then power it on again",
+                          description=az_loss.__doc__)  # fmt: skip
+    az.add_argument("--az", help="the AZ to power off (default: the one holding the database leader)")
+    az.set_defaults(handler=cmd_az_loss)
+    ebs = verbs.add_parser("ebs-loss", help="wipe the leader's data directory under the running writer",
+                           description=ebs_loss.__doc__)  # fmt: skip
+    ebs.set_defaults(handler=cmd_ebs_loss)
+    for parser in (az, ebs):
+        parser.add_argument("--region", required=True, help="the region whose sandbox hosts to drill")
+        parser.add_argument("--json", action="store_true", help="print the report as one JSON object")

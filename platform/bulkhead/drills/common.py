@@ -1,0 +1,78 @@
+"""What every database drill shares: its preconditions, the hosts it uses, and how it waits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bulkhead.errors import BulkheadError
+from bulkhead.ha import cluster
+from bulkhead.ha.reach import Reach
+from bulkhead.hosts.sandbox import HostSpec
+
+URL_FILE = "/etc/bulkhead/database.url"
+
+
+class DrillError(BulkheadError):
+    """A drill cannot start, or its recovery did not come; the message says what to look at."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The region as the drill found it: a healthy cluster, and a writer's and a prober's hosts."""
+
+    members: list[cluster.Member]
+    leader: cluster.Member
+    writer_host: HostSpec
+    routers: list[HostSpec]
+    url: str
+
+
+def healthy_problem(found: list[cluster.Member]) -> str | None:
+    """Why the cluster is not healthy enough to drill on, or None: one running leader and every other
+    member streaming on its timeline."""
+    leader = cluster.leader(found)
+    if leader is None:
+        return "the cluster has no running leader"
+    for member in found:
+        if member.host == leader.host:
+            continue
+        if member.state != "streaming" or member.timeline != leader.timeline:
+            return f"member {member.host} ({member.az}) is {member.state} on timeline {member.timeline}"
+    return None
+
+
+def stage(reach: Reach, spared_az: str | None) -> Stage:
+    """Check the region can be drilled, changing nothing; the writer and routers avoid `spared_az`."""
+    found = reach.cluster()
+    problem = healthy_problem(found)
+    if problem:
+        raise DrillError(f"region {reach.region} is not healthy enough to drill: {problem}; see `bulkhead db "
+                         f"status --region {reach.region}`")  # fmt: skip
+    dynos = [d for d in reach.of_role("dyno_host") if d.az != spared_az]
+    routers = [r for r in reach.of_role("router") if r.az != spared_az]
+    if not dynos or not routers:
+        raise DrillError(f"region {reach.region} needs a dyno host and a router outside {spared_az} to write and "
+                         "probe through; run `bulkhead hosts up` for every host")  # fmt: skip
+    url = reach.read_file(dynos[0], URL_FILE).strip()
+    return Stage(found, cluster.leader(found), dynos[0], routers, url)  # type: ignore[arg-type]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> float:
+    """Poll `check` every `interval` s until true; returns the seconds it took, or raises after `timeout` s."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise DrillError(f"{what} did not happen within {timeout:.0f} s")
+
+
+def rejoined(reach: Reach, hosts: set[str]) -> bool:
+    """Every one of `hosts` streams again from the leader, on its timeline."""
+    found = reach.cluster()
+    leader = cluster.leader(found)
+    return leader is not None and all(
+        m.state == "streaming" and m.timeline == leader.timeline for m in found if m.host in hosts
+    )

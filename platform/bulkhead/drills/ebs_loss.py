@@ -1,0 +1,67 @@
+"""ebs-loss: the leader's data directory disappears under the running writer (its volume is gone). Patroni
+gives up the leader key, another member takes over, and the lost member is rebuilt from the archive
+(barman-cloud-restore), not from the new leader: its Patroni log says which way it was built."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import yaml
+
+from bulkhead.drills import workload
+from bulkhead.drills.az_loss import RECOVERY_TIMEOUT, REJOIN_TIMEOUT, _stepper
+from bulkhead.drills.common import DrillError, rejoined, stage, wait_until
+from bulkhead.drills.report import Report, ok_ratio, recovery_seconds, rows_lost
+from bulkhead.ha import cluster
+from bulkhead.ha.reach import Reach
+
+PATRONI_CONFIG = "/etc/bulkhead/patroni.yml"
+BUILT_WITH = "replica has been created using "
+
+
+def run(reach: Reach, scratch, on_step=None) -> Report:
+    ready = stage(reach, spared_az=None)
+    host = next(h for h in reach.database_hosts if h.name == ready.leader.host)
+    settings = yaml.safe_load(reach.read_file(host, PATRONI_CONFIG))
+    data_dir = settings["postgresql"]["data_dir"]
+    log_dir = settings["postgresql"]["parameters"]["log_directory"]
+    report = Report("ebs-loss", reach.region, host.az, old_leader=host.name)
+    run_id = f"ebsloss{int(time.time())}"
+    step = _stepper(report, on_step)
+    patroni_log = reach.sandboxes.root(host) / log_dir.lstrip("/") / "patroni.log"
+    log_offset = patroni_log.stat().st_size if patroni_log.exists() else 0
+    writes = workload.writer(reach.sandboxes, ready.writer_host, ready.url, run_id)
+    probes = workload.prober(reach.sandboxes, reach.region, ready.routers, scratch, run_id)
+    try:
+        if not (writes.wait_for(20, timeout=60) and probes.wait_for(5, timeout=60)):
+            raise DrillError(f"the writer on {ready.writer_host.name} or the prober did not get going")
+        step("writer and prober running")
+        # The volume is gone: every file under PGDATA, removed beneath the running server.
+        shutil.rmtree(reach.sandboxes.root(host) / data_dir.lstrip("/"))
+        fault_at = time.time()
+        step(f"wiped {data_dir} on {host.name}")
+        if not writes.wait_for(1, after=fault_at, timeout=RECOVERY_TIMEOUT):
+            raise DrillError(f"no write was acknowledged within {RECOVERY_TIMEOUT} s of the fault")
+        step("writes acknowledged again")
+        writes.wait_for(10, after=fault_at, timeout=30)
+        new = cluster.leader(reach.cluster())
+        report.new_leader = new.host if new else ""
+        report.failed_over = bool(new and new.host != host.name)
+        fault_ended = time.time()
+        wait_until(lambda: rejoined(reach, {host.name}), REJOIN_TIMEOUT, f"{host.name} being rebuilt")
+        report.rejoined_s = round(time.time() - fault_at, 2)
+        step(f"{host.name} rebuilt and streaming")
+    finally:
+        attempts, requests = writes.stop(), probes.stop()
+    present = workload.rows_present(reach.sandboxes, ready.writer_host, ready.url, run_id)
+    report.rto_s = recovery_seconds(attempts, fault_at)
+    report.rows_acknowledged = sum(a.ok for a in attempts)
+    report.rows_lost = rows_lost(attempts, fault_at, present)
+    report.http_ok_ratio = ok_ratio(requests, fault_at, fault_ended)
+    with patroni_log.open(errors="replace") as lines:
+        lines.seek(log_offset)
+        built = [line for line in lines if BUILT_WITH in line]
+    report.detail = {"wiped": data_dir, "writer": ready.writer_host.name, "run": run_id,
+                     "rebuilt_with": built[-1].split(BUILT_WITH)[1].split('"')[0] if built else None}  # fmt: skip
+    return report

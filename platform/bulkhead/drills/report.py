@@ -1,0 +1,87 @@
+"""A drill's report: the figures from the writer's and the prober's logs, and the steps' times.
+
+Pure functions over plain values: the tests give them logs written down by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bulkhead.files import write_json
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One write or one request: its number, when it finished (seconds since the epoch), and whether it worked."""
+
+    number: int
+    at: float
+    ok: bool
+
+
+def parse_attempts(text: str) -> list[Attempt]:
+    """The workload's log: one `NUMBER EPOCH ok|fail` line per attempt (a torn last line is skipped)."""
+    attempts = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] in ("ok", "fail"):
+            try:
+                attempts.append(Attempt(int(parts[0]), float(parts[1]), parts[2] == "ok"))
+            except ValueError:
+                continue
+    return attempts
+
+
+def recovery_seconds(writes: Iterable[Attempt], fault_at: float) -> float | None:
+    """RTO: from the fault to the first acknowledged write that started after it; None if none did."""
+    after = [w.at for w in writes if w.ok and w.at > fault_at]
+    return round(min(after) - fault_at, 2) if after else None
+
+
+def rows_lost(writes: Iterable[Attempt], fault_at: float, present: set[int]) -> int:
+    """Rows acknowledged before the fault that the cluster no longer has."""
+    return sum(1 for w in writes if w.ok and w.at <= fault_at and w.number not in present)
+
+
+def ok_ratio(requests: Iterable[Attempt], start: float, end: float) -> float | None:
+    """The share of requests between `start` and `end` that were answered well; None if none were sent."""
+    window = [r for r in requests if start <= r.at <= end]
+    return round(sum(r.ok for r in window) / len(window), 4) if window else None
+
+
+@dataclass
+class Report:
+    """What `bulkhead drill` prints and writes to .bulkhead/drills/<drill>-<time>.json."""
+
+    drill: str
+    region: str
+    az: str
+    rto_s: float | None = None
+    rows_acknowledged: int = 0
+    rows_lost: int | None = None
+    http_ok_ratio: float | None = None
+    rejoined_s: float | None = None
+    old_leader: str = ""
+    new_leader: str = ""
+    failed_over: bool = False
+    detail: dict = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)
+
+    def step(self, name: str, seconds: float) -> None:
+        self.steps.append({"name": name, "seconds": round(seconds, 2)})
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+    def save(self, directory: Path) -> Path:
+        path = directory / f"{self.drill}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+        write_json(path, self.as_json())
+        return path
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
