@@ -1,9 +1,9 @@
-"""Benchmark: making and configuring 3 and 6 sandbox hosts, first run and a no-change re-run.
+"""Benchmark: making and configuring 4 and 9 sandbox hosts, first run and a no-change re-run.
 
 Run: .venv/bin/python benchmarks/converge.py
-Hosts come from eu-west-1 in a fresh local cloud: 3 = a PostgreSQL primary, a dyno host and a router;
-6 = primary and standby, two dyno hosts, two routers. Baseline: the first run of 3 hosts (the table
-gives each row's ratio to it).
+Hosts come from eu-west-1 in a fresh local cloud: 4 = two database members (etcd's quorum of three),
+a dyno host and a router; 9 = every host (three of each tier). Baseline: the first run of 4 hosts (the
+table gives each row's ratio to it).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ def _pick(specs, count: int):
     by_role = {role: [s for s in specs if s.role == role] for role in ("postgres", "dyno_host", "router")}
     primary = [s for s in by_role["postgres"] if s.tags.get("bulkhead:postgres") == "primary"]
     standby = [s for s in by_role["postgres"] if s.tags.get("bulkhead:postgres") == "standby"]
-    if count == 3:
-        return primary + by_role["dyno_host"][:1] + by_role["router"][:1]
-    return primary + standby + by_role["dyno_host"][:2] + by_role["router"][:2]
+    if count == 4:
+        return primary + standby[:1] + by_role["dyno_host"][:1] + by_role["router"][:1]
+    return primary + standby + by_role["dyno_host"] + by_role["router"]
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     try:
         cloud.up([REGION], store, project_dir=PROJECT_DIR)
         specs = inventory.local_hosts(REGION, store, PROJECT_DIR)
-        for count in (3, 6):
+        for count in (4, 9):
             sandboxes = Sandboxes(base / f"hosts-{count}")
             chosen = _pick(specs, count)
             started = time.perf_counter()
@@ -64,7 +64,7 @@ def main() -> None:
         server.stop(store.directory)
     baseline = rows[0][3]
     table = Table(title="sandbox hosts: make and configure (roles/site.yml)")
-    for column in ("hosts", "run", "make sandboxes (s)", "configure (s)", "changed tasks", "ratio to 3-host first run"):
+    for column in ("hosts", "run", "make sandboxes (s)", "configure (s)", "changed tasks", "ratio to 4-host first run"):
         table.add_column(column, justify="right")
     for count, label, made, seconds, changed in rows:
         table.add_row(str(count), label, f"{made:.1f}", f"{seconds:.1f}", str(changed), f"{seconds / baseline:.2f}")

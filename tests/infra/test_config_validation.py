@@ -98,6 +98,14 @@ def _evaluate_with(project_dir, stack: str, **changes: Any) -> tuple[ConfigError
             id="status-site-on-the-platform",
         ),
         pytest.param("global", {"bulkhead__domain": None}, "bulkhead:domain is missing", id="global-missing-key"),
+        pytest.param(
+            "eu-west-1", {"bulkhead__synchronousCommit": "sometimes"},
+            "bulkhead:synchronousCommit is 'sometimes', not true or false", id="synchronous-commit-not-a-bool",
+        ),
+        pytest.param(
+            "eu-west-1", {"bulkhead__maximumLagOnFailover": "-1"},
+            "bulkhead:maximumLagOnFailover is -1, below the minimum of 0", id="negative-failover-lag",
+        ),
     ],
 )  # fmt: skip
 def test_config__bad_value_fails_in_one_line_before_any_resource(project_dir, stack, changes, expected):

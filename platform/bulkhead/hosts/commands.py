@@ -172,14 +172,15 @@ def cmd_configure(args: argparse.Namespace) -> int:
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
-    """Show the configured platform working: HTTP through a router, a row through replication."""
+    """Show the configured platform working: HTTP through a router, a row from the leader on a replica."""
+    from bulkhead.ha import cluster
+    from bulkhead.ha.reach import Reach
+
     sandboxes = Sandboxes.of_project(project.find(args.project))
     specs = sandboxes.recorded()
     routers = [s for s in specs if s.role == "router"]
-    primaries = [s for s in specs if s.tags.get("bulkhead:postgres") == "primary"]
-    standbys = [s for s in specs if s.tags.get("bulkhead:postgres") == "standby"]
-    if not routers or not primaries or not standbys:
-        raise SandboxError("smoke needs a router, a primary and a standby; run `bulkhead hosts up` and `configure`")
+    if not routers or not any(s.role == "postgres" for s in specs):
+        raise SandboxError("smoke needs a router and the database members; run `bulkhead hosts up` and `configure`")
     router = routers[0]
     answer = sandboxes.run(router, "curl", "-sfk", f"https://{router.address}/")
     if answer.returncode != 0:
@@ -187,21 +188,29 @@ def cmd_smoke(args: argparse.Namespace) -> int:
             f"router {router.name} did not answer on https://{router.address}/; run `bulkhead hosts configure`"
         )
     print(f"GET https://{router.address}/ on router {router.name} ({router.az}) -> {answer.stdout.strip()}")
+    found = Reach(sandboxes, router.region).cluster()
+    leader = cluster.leader(found)
+    replicas = [m for m in found if m.role == "replica" and m.state == "streaming"]
+    if leader is None or not replicas:
+        raise SandboxError(f"the database has no running leader with a streaming replica; see `bulkhead db status "
+                           f"--region {router.region}`")  # fmt: skip
+    on = {s.name: s for s in specs}
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     psql = ["runuser", "-u", "postgres", "--", "psql", "-h", "/var/run/postgresql", "-v", "ON_ERROR_STOP=1", "-tAc"]
-    written = sandboxes.run(primaries[0], *psql, "CREATE TABLE IF NOT EXISTS smoke (at text); "
+    written = sandboxes.run(on[leader.host], *psql, "CREATE TABLE IF NOT EXISTS smoke (at text); "
                             f"INSERT INTO smoke VALUES ('{stamp}') RETURNING at")  # fmt: skip
     if written.returncode != 0:
-        raise SandboxError(f"primary {primaries[0].name} refused the write: {written.stderr.strip()}")
+        raise SandboxError(f"leader {leader.host} refused the write: {written.stderr.strip()}")
+    replica = replicas[0]
     for _ in range(50):
-        read = sandboxes.run(standbys[0], *psql, f"SELECT at FROM smoke WHERE at = '{stamp}'")
+        read = sandboxes.run(on[replica.host], *psql, f"SELECT at FROM smoke WHERE at = '{stamp}'")
         if read.stdout.strip() == stamp:
             break
         time.sleep(0.2)
     else:
-        raise SandboxError(f"the row written on {primaries[0].name} did not reach standby {standbys[0].name}")
-    print(f"row {stamp!r} written on primary {primaries[0].name} ({primaries[0].az}), "
-          f"read on standby {standbys[0].name} ({standbys[0].az})")  # fmt: skip
+        raise SandboxError(f"the row written on {leader.host} did not reach replica {replica.host}")
+    print(f"row {stamp!r} written on the leader {leader.host} ({leader.az}), read on replica {replica.host} "
+          f"({replica.az})")  # fmt: skip
     return 0
 
 
@@ -274,6 +283,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="name, role, region, AZ, address, namespace as JSON")
     listing.set_defaults(handler=cmd_list)
     verbs.add_parser(
-        "smoke", help="an HTTP request through a router, and a row from the primary read on the standby"
+        "smoke", help="an HTTP request through a router, and a row from the database leader read on a replica"
     ).set_defaults(handler=cmd_smoke)
     verbs.add_parser("down", help="remove every sandbox, mount and namespace").set_defaults(handler=cmd_down)
