@@ -6,10 +6,13 @@ leaves one behind; the time bounds are stated where they are asserted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +30,7 @@ TTL = 20  # Patroni's leader-key TTL (roles/postgres/defaults/main.yml)
 @pytest.fixture
 def healthy(site):
     """Given a healthy cluster (waiting up to 120 s for the previous test's member to rejoin)."""
-    _wait(lambda: healthy_problem(site.reach.cluster()) is None, 120, "a healthy cluster")
+    _wait(lambda: healthy_problem(site.reach.cluster(), synchronous=True) is None, 120, "a healthy cluster")
     return site.reach.cluster()
 
 
@@ -67,6 +70,17 @@ def _local_write(site, spec) -> tuple[bool, str]:
     return result.returncode == 0, result.stderr.strip()
 
 
+def _processes(spec, name: str) -> list[int]:
+    """The host's own processes whose command line holds `name` (pgrep would see every host's: one pid space)."""
+    listed = subprocess.run(["ip", "netns", "pids", spec.netns], capture_output=True, text=True, check=True)
+    found = []
+    for pid in listed.stdout.split():
+        with contextlib.suppress(OSError):
+            if name in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(pid))
+    return found
+
+
 def _writer(site, run: str):
     dyno = site.of_role("dyno_host")[0]
     url = site.reach.read_file(dyno, URL_FILE).strip()
@@ -86,7 +100,11 @@ def test_db_status_and_url__show_every_member_and_a_url_to_the_local_endpoint(si
 
 def test_switchover__hands_the_leader_to_the_named_replica_losing_no_row(site, healthy, bulkhead):
     old = cluster.leader(healthy)
-    target = next(m for m in healthy if m.role == "replica")
+    # In synchronous mode only the synchronous replica may take over; the other is refused in one line.
+    target = next(m for m in healthy if m.synchronous)
+    other = next(m for m in healthy if m.role == "replica" and not m.synchronous)
+    code, _, err = bulkhead("db", "switchover", "--region", site.store_region, "--to", other.host)
+    assert code == 1 and f"replica {other.host} is not the synchronous one" in err
     dyno, url, writes = _writer(site, "switchover")
     try:
         assert writes.wait_for(10, timeout=30)
@@ -109,9 +127,8 @@ def test_failover__to_a_lagging_replica_is_refused_without_force(site, healthy, 
     lagging = next(m for m in healthy if m.role == "replica" and not m.synchronous)
     spec = _spec(site, lagging)
     # Given: the replica's WAL receiver is frozen while the leader writes 4 MB (beyond the 1 MB maximum)
-    found = site.sandboxes.run(spec, "pgrep", "-f", "walreceiver")
-    pids = [int(p) for p in found.stdout.split()]
-    assert pids, "the replica runs a WAL receiver"
+    pids = _processes(spec, "walreceiver")
+    assert len(pids) == 1, "the replica runs one WAL receiver"
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
@@ -204,7 +221,8 @@ def test_etcd__one_member_lost_changes_nothing_two_lost_demote_the_leader(site, 
     others = [_spec(site, m) for m in healthy if m.host != leader.host]
 
     def etcd_pid(spec) -> int:
-        return int(site.sandboxes.run(spec, "supervisorctl", "pid", "etcd").stdout.strip())
+        (pid,) = _processes(spec, "/usr/bin/etcd")
+        return pid
 
     frozen = []
     try:

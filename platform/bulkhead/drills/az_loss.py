@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from bulkhead.drills import workload
-from bulkhead.drills.common import DrillError, rejoined, stage, wait_until
+from bulkhead.drills.common import DrillError, describe, rejoined, stage, wait_until
 from bulkhead.drills.report import Report, ok_ratio, recovery_seconds, rows_lost
 from bulkhead.ha import cluster
 from bulkhead.ha.reach import Reach
@@ -46,8 +46,8 @@ def run(reach: Reach, az: str | None, scratch, on_step=None) -> Report:
         fault_at = time.time()
         step(f"powered off {len(victims)} hosts in {target}")
         if not writes.wait_for(1, after=fault_at, timeout=RECOVERY_TIMEOUT):
-            raise DrillError(f"no write was acknowledged within {RECOVERY_TIMEOUT} s of the fault; see "
-                             f"`bulkhead db status --region {reach.region}`")  # fmt: skip
+            raise DrillError(f"no write was acknowledged within {RECOVERY_TIMEOUT} s of the fault; the members: "
+                             f"{describe(reach)}")  # fmt: skip
         step("writes acknowledged again")
         writes.wait_for(10, after=fault_at, timeout=30)
         new = cluster.leader(reach.cluster())

@@ -29,9 +29,10 @@ class Stage:
     url: str
 
 
-def healthy_problem(found: list[cluster.Member]) -> str | None:
-    """Why the cluster is not healthy enough to drill on, or None: one running leader and every other
-    member streaming on its timeline."""
+def healthy_problem(found: list[cluster.Member], synchronous: bool = False) -> str | None:
+    """Why the cluster is not healthy enough to drill on, or None: one running leader, every other member
+    streaming on its timeline and, in synchronous mode, one of them synchronous (without one, Patroni
+    promotes no one when the leader dies: any replica might lack acknowledged commits)."""
     leader = cluster.leader(found)
     if leader is None:
         return "the cluster has no running leader"
@@ -40,13 +41,20 @@ def healthy_problem(found: list[cluster.Member]) -> str | None:
             continue
         if member.state != "streaming" or member.timeline != leader.timeline:
             return f"member {member.host} ({member.az}) is {member.state} on timeline {member.timeline}"
+    if synchronous and not any(m.synchronous for m in found):
+        return "no replica is synchronous yet, so no member could take over without losing commits"
     return None
+
+
+def synchronous_mode(reach: Reach) -> bool:
+    """Patroni's synchronous_mode is on for the cluster (bulkhead:synchronousCommit)."""
+    return bool(reach.dynamic_config().get("synchronous_mode"))
 
 
 def stage(reach: Reach, spared_az: str | None) -> Stage:
     """Check the region can be drilled, changing nothing; the writer and routers avoid `spared_az`."""
     found = reach.cluster()
-    problem = healthy_problem(found)
+    problem = healthy_problem(found, synchronous_mode(reach)) if cluster.leader(found) else healthy_problem(found)
     if problem:
         raise DrillError(f"region {reach.region} is not healthy enough to drill: {problem}; see `bulkhead db "
                          f"status --region {reach.region}`")  # fmt: skip
@@ -67,6 +75,11 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
             return time.monotonic() - started
         time.sleep(interval)
     raise DrillError(f"{what} did not happen within {timeout:.0f} s")
+
+
+def describe(reach: Reach) -> str:
+    """The cluster in one line, for an error message: each member's host, AZ, role, state and timeline."""
+    return "; ".join(f"{m.host} ({m.az}) {m.role} {m.state} tl {m.timeline}" for m in reach.cluster())
 
 
 def rejoined(reach: Reach, hosts: set[str]) -> bool:

@@ -11,7 +11,7 @@ import yaml
 
 from bulkhead.drills import workload
 from bulkhead.drills.az_loss import RECOVERY_TIMEOUT, REJOIN_TIMEOUT, _stepper
-from bulkhead.drills.common import DrillError, rejoined, stage, wait_until
+from bulkhead.drills.common import DrillError, describe, rejoined, stage, wait_until
 from bulkhead.drills.report import Report, ok_ratio, recovery_seconds, rows_lost
 from bulkhead.ha import cluster
 from bulkhead.ha.reach import Reach
@@ -42,7 +42,8 @@ def run(reach: Reach, scratch, on_step=None) -> Report:
         fault_at = time.time()
         step(f"wiped {data_dir} on {host.name}")
         if not writes.wait_for(1, after=fault_at, timeout=RECOVERY_TIMEOUT):
-            raise DrillError(f"no write was acknowledged within {RECOVERY_TIMEOUT} s of the fault")
+            raise DrillError(f"no write was acknowledged within {RECOVERY_TIMEOUT} s of the fault; the members: "
+                             f"{describe(reach)}")  # fmt: skip
         step("writes acknowledged again")
         writes.wait_for(10, after=fault_at, timeout=30)
         new = cluster.leader(reach.cluster())

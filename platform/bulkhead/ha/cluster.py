@@ -87,6 +87,11 @@ def switchover_target(found: list[Member], to: str | None) -> tuple[Member, Memb
         raise ClusterError(f"{to} already leads the cluster; name a replica with --to, or leave --to out")
     if target.state not in ("running", "streaming"):
         raise ClusterError(f"replica {to} is {target.state}, not streaming: choose another with --to")
+    synchronous = [m for m in found if m.synchronous]
+    if synchronous and not target.synchronous:
+        # Patroni's synchronous mode hands over only to the replica that holds every acknowledged commit.
+        raise ClusterError(f"replica {to} is not the synchronous one, so it may lack acknowledged commits: name "
+                           f"{synchronous[0].host} with --to, or leave --to out")  # fmt: skip
     return current, target
 
 

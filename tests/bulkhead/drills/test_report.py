@@ -57,3 +57,13 @@ def test_healthy_problem__names_the_member_that_is_not_streaming_on_the_leaders_
         "member i-b (a) is streaming on timeline 2"
     )
     assert healthy_problem([_member("i-b", "replica", "streaming", 2)]) == "the cluster has no running leader"
+
+
+def test_healthy_problem__in_synchronous_mode_a_synchronous_replica_is_needed():
+    leader, replica = _member("i-a", "leader", "running", 3), _member("i-b", "replica", "streaming", 3)
+    assert healthy_problem([leader, replica], synchronous=True) == (
+        "no replica is synchronous yet, so no member could take over without losing commits"
+    )
+    synchronous = Member(host="i-b", az="a", role="replica", state="streaming", timeline=3, lag_bytes=0,
+                         synchronous=True)  # fmt: skip
+    assert healthy_problem([leader, synchronous], synchronous=True) is None

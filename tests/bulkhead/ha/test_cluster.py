@@ -71,7 +71,9 @@ def test_switchover_target__needs_a_running_leader():
     without = cluster.members({"members": HEALTHY["members"][:2]}, HOSTS)
     with pytest.raises(cluster.ClusterError, match="no running leader"):
         cluster.switchover_target(without, None)
-    current, target = cluster.switchover_target(cluster.members(HEALTHY, HOSTS), "10.30.159.245")
-    assert (current.host, target.host) == ("i-a", "i-b")
+    current, target = cluster.switchover_target(cluster.members(HEALTHY, HOSTS), "10.30.175.245")
+    assert (current.host, target.host) == ("i-a", "i-c")
+    with pytest.raises(cluster.ClusterError, match=r"i-b is not the synchronous one.*name i-c with --to"):
+        cluster.switchover_target(cluster.members(HEALTHY, HOSTS), "i-b")
     with pytest.raises(cluster.ClusterError, match="i-a already leads"):
         cluster.switchover_target(cluster.members(HEALTHY, HOSTS), "i-a")
