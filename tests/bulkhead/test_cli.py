@@ -73,3 +73,30 @@ def test_main__a_bad_archive_url_is_one_line_and_exit_1(capsys):
     assert (code, capsys.readouterr().err) == (
         1, "bulkhead: error: --archive 'http://bucket/pg' is not an S3 URL; write it as s3://BUCKET/PREFIX\n",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["drill", "az-loss", "--region", "eu-west-1"],
+        ["drill", "ebs-loss", "--region", "eu-west-1", "--json"],
+        ["db", "status", "--region", "eu-west-1"],
+        ["db", "failover", "--region", "eu-west-1", "--to", "i-1"],
+    ],
+)
+def test_drills_and_cluster_verbs__without_hosts_say_so_in_one_line_and_change_nothing(
+    argv, project_dir, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setenv("BULKHEAD_HOSTS_DIR", str(tmp_path / "hosts"))
+    code = cli.main(["--project", str(project_dir), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err == (
+        "bulkhead: error: no hosts of region eu-west-1 are reachable from here: run `bulkhead hosts up --region "
+        "eu-west-1` and `bulkhead hosts configure` (reaching hosts on AWS through SSM port forwarding is not "
+        "built yet)"
+    )
+    assert not (tmp_path / "hosts").exists()
+    assert not (project_dir / ".bulkhead" / "drills").exists() or not any(
+        p.stat().st_mtime > tmp_path.stat().st_mtime for p in (project_dir / ".bulkhead" / "drills").glob("*.json")
+    )
