@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bulkhead.ha.cluster import ClusterError, Member, members
+from bulkhead.ha.cluster import LEADER_ROLES, ClusterError, Member, members
 from bulkhead.hosts.sandbox import HostSpec, Sandboxes, fabric_netns
 
 PATRONI_PORT = 8008
@@ -75,13 +75,23 @@ class Reach:
         return Answer(status, parsed)
 
     def cluster(self) -> list[Member]:
-        """Every member, as the first member to answer sees the cluster; all unreachable if none answers."""
+        """Every member, as the members see the cluster; all unreachable if none answers.
+
+        A member that was cut off answers from its own stale view (in which it may still lead), so the
+        view taken is one whose leader confirms it: its /primary answers 200 only while it holds the
+        leader key and runs as primary.
+        """
         hosts = {s.name: (s.az, s.address) for s in self.database_hosts}
+        views = []
         for spec in self.database_hosts:
             answer = self.patroni(spec.address, "GET", "/cluster", timeout=2)
             if answer.ok and isinstance(answer.body, dict):
-                return members(answer.body, hosts)
-        return members({}, hosts)
+                views.append(answer.body)
+        for view in views:
+            leader = next((m for m in view.get("members", []) if m.get("role") in LEADER_ROLES), None)
+            if leader and self.patroni(leader.get("host", ""), "GET", "/primary", timeout=2).ok:
+                return members(view, hosts)
+        return members(views[0] if views else {}, hosts)
 
     def dynamic_config(self) -> dict:
         """The cluster's dynamic configuration (ttl, maximum_lag_on_failover, synchronous_mode, ...)."""
