@@ -293,6 +293,8 @@ class Postgres(pulumi.ComponentResource):
                 http_tokens="required", http_endpoint="enabled", instance_metadata_tags="enabled"
             ),
             tags={**host_tags("postgres", args.region, az, postgres=initial_role), "Name": name},
-            # The instance reads the bucket name from its facts; it must exist before the first archive.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[archive]),
+            # The instance reads the bucket name from its facts; it must exist before the first archive. Its
+            # address is fixed, and only one instance can hold it: a replacement removes the old one first
+            # (Patroni rebuilds the new member from the archive).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[archive], delete_before_replace=True),
         )

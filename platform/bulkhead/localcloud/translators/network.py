@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from bulkhead.localcloud.aws import LocalCloudError
 from bulkhead.localcloud.translators import Inputs, ReplaceRequired, State, Target, aws_tags, register
 
@@ -195,7 +197,7 @@ def _metadata_options(options: Inputs) -> dict:
     return carried
 
 
-def _launch_template(target: Target, inputs: Inputs) -> tuple[str, State]:
+def _launch_template_data(inputs: Inputs) -> dict:
     data = {
         "ImageId": inputs["imageId"],
         "InstanceType": inputs["instanceType"],
@@ -210,16 +212,32 @@ def _launch_template(target: Target, inputs: Inputs) -> tuple[str, State]:
         data["IamInstanceProfile"] = {"Arn": inputs["iamInstanceProfile"]["arn"]}
     if inputs.get("metadataOptions"):
         data["MetadataOptions"] = _metadata_options(inputs["metadataOptions"])
+    return data
+
+
+def _launch_template(target: Target, inputs: Inputs) -> tuple[str, State]:
     template = target.client("ec2").create_launch_template(
-        LaunchTemplateName=target.physical_name(128), LaunchTemplateData=data
+        LaunchTemplateName=target.physical_name(128), LaunchTemplateData=_launch_template_data(inputs)
     )["LaunchTemplate"]
     return template["LaunchTemplateId"], {**inputs, "latestVersion": template["LatestVersionNumber"]}
+
+
+def _update_launch_template(target: Target, template_id: str, old: Inputs, new: Inputs, state: State) -> State:
+    """As on AWS: new settings (user data with a new ref, say) are a new version of the same template, which
+    groups on $Latest launch from; the template keeps its name, so it is never replaced."""
+    ec2 = target.client("ec2")
+    version = ec2.create_launch_template_version(
+        LaunchTemplateId=template_id, LaunchTemplateData=_launch_template_data(new)
+    )["LaunchTemplateVersion"]["VersionNumber"]
+    ec2.modify_launch_template(LaunchTemplateId=template_id, DefaultVersion=str(version))
+    return {**state, **new, "latestVersion": version}
 
 
 register(
     "aws:ec2/launchTemplate:LaunchTemplate",
     _launch_template,
     lambda t, i, s: t.client("ec2").delete_launch_template(LaunchTemplateId=i),
+    _update_launch_template,
 )
 
 
@@ -325,4 +343,25 @@ def _instance(target: Target, inputs: Inputs) -> tuple[str, State]:
     }
 
 
-register("aws:ec2/instance:Instance", _instance, lambda t, i, s: t.client("ec2").terminate_instances(InstanceIds=[i]))
+def _update_instance(target: Target, instance_id: str, old: Inputs, new: Inputs, state: State) -> State:
+    """As pulumi-aws does by default (user_data_replace_on_change off): new user data or tags change the
+    running instance in place, for its next boot; anything else replaces it."""
+    in_place = ("userData", "tags")
+    if {k: v for k, v in old.items() if k not in in_place} != {k: v for k, v in new.items() if k not in in_place}:
+        raise ReplaceRequired
+    ec2 = target.client("ec2")
+    if old.get("userData") != new.get("userData"):
+        # Unlike RunInstances, ModifyInstanceAttribute takes user data already base64-encoded.
+        encoded = base64.b64encode((new.get("userData") or "").encode())
+        ec2.modify_instance_attribute(InstanceId=instance_id, UserData={"Value": encoded})
+    if old.get("tags") != new.get("tags"):
+        ec2.create_tags(Resources=[instance_id], Tags=aws_tags(new))
+    return {**state, **new}
+
+
+register(
+    "aws:ec2/instance:Instance",
+    _instance,
+    lambda t, i, s: t.client("ec2").terminate_instances(InstanceIds=[i]),
+    _update_instance,
+)
