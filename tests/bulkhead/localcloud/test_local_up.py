@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from bulkhead import project, s3compat, topology
 from bulkhead.hosts import inventory
 from bulkhead.hosts.sandbox import Sandboxes
+from bulkhead.localcloud import cloud
 from bulkhead.localcloud.aws import local_environment
 
 pytestmark = pytest.mark.moto
@@ -91,12 +93,13 @@ def test_up__load_balancer_spans_three_azs_with_its_target_groups(deployed, regi
 
 
 @pytest.mark.parametrize("region", REGIONS)
-def test_up__postgres_primary_and_standby_run_in_two_azs(deployed, region):
+def test_up__a_database_member_runs_in_each_az_at_its_fixed_address(deployed, region):
     _, clients, _ = deployed
-    hosts = _running(clients, region, "postgres")
-    roles = {next(t["Value"] for t in i["Tags"] if t["Key"] == "bulkhead:postgres"): i for i in hosts}
-    assert set(roles) == {"primary", "standby"}
-    assert roles["primary"]["Placement"]["AvailabilityZone"] != roles["standby"]["Placement"]["AvailabilityZone"]
+    hosts = sorted(_running(clients, region, "postgres"), key=lambda i: i["Placement"]["AvailabilityZone"])
+    assert [i["Placement"]["AvailabilityZone"] for i in hosts] == _config(region)["bulkhead:availabilityZones"]
+    # The 10th address from the top of each AZ's private /20: 143.245, 159.245, 175.245 of the VPC's /16.
+    prefix = ".".join(_config(region)["bulkhead:vpcCidr"].split(".")[:2])
+    assert [i["PrivateIpAddress"] for i in hosts] == [f"{prefix}.143.245", f"{prefix}.159.245", f"{prefix}.175.245"]
 
 
 @pytest.mark.parametrize("region", REGIONS)
@@ -190,3 +193,19 @@ def test_inventory__local_groups_are_the_ones_the_aws_ec2_plugin_makes_from_the_
             local.setdefault(name, set()).update(address[h] for h in group["hosts"])
     assert {name: hosts for name, hosts in aws.items() if name not in ("all", "aws_ec2", "ungrouped", "_meta")} == local
     assert {"role_router", "role_dyno_host", "postgres_primary", "postgres_standby", "region_eu_west_1"} <= set(local)
+
+
+def test_up__a_new_ansible_ref_updates_user_data_in_place_keeping_every_instance(deployed, project_dir):
+    # Runs last: it changes the shared deployment (only the hosts' user data).
+    local, clients, _ = deployed
+    region = "eu-west-1"
+    before = {i["InstanceId"]: i["PrivateIpAddress"] for i in _running(clients, region, "postgres")}
+    cloud.up([region], local, project_dir=project_dir, ansible_ref="refs/heads/elsewhere")
+    after = {i["InstanceId"]: i["PrivateIpAddress"] for i in _running(clients, region, "postgres")}
+    assert after == before, "no database member was replaced"
+    ec2 = clients("ec2", region)
+    for instance_id in after:
+        data = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]
+        assert "refs/heads/elsewhere" in base64.b64decode(data).decode()
+    (template,) = [t for t in ec2.describe_launch_templates()["LaunchTemplates"] if "cell1" in t["LaunchTemplateName"]]
+    assert template["LatestVersionNumber"] == 2 and template["DefaultVersionNumber"] == 2
