@@ -100,8 +100,10 @@ def booted(project_dir, base_image, tmp_path_factory):
         chosen = {
             "router": region.pick("router", zones[0])["InstanceId"],
             "dyno_host": region.pick("dyno_host", zones[1])["InstanceId"],
-            "primary": region.pick("postgres", postgres="primary")["InstanceId"],
-            "standby": region.pick("postgres", postgres="standby")["InstanceId"],
+            "primary": region.pick("postgres", zones[0], postgres="primary")["InstanceId"],
+            "standby": region.pick("postgres", zones[1], postgres="standby")["InstanceId"],
+            # Every member: etcd settles its cluster version (and Patroni its API) only once all have joined.
+            "standby2": region.pick("postgres", zones[2], postgres="standby")["InstanceId"],
         }
         region.bulkhead("hosts", "up", "--from-image", "--region", REGION, "--only", ",".join(chosen.values()))
         started = time.monotonic()
@@ -117,7 +119,7 @@ def booted(project_dir, base_image, tmp_path_factory):
 
 def test_first_boot__every_tier_finishes_its_user_data(booted):
     assert booted.wait_result.returncode == 0, booted.wait_result.stderr[-3000:]
-    assert sorted(b["role"] for b in booted.boots) == ["dyno_host", "primary", "router", "standby"]
+    assert sorted(b["role"] for b in booted.boots) == ["dyno_host", "primary", "router", "standby", "standby"]
     assert all(b["result"] == "ok" and b["seconds"] > 0 for b in booted.boots)
 
 
