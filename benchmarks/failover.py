@@ -86,7 +86,9 @@ def main() -> None:
         reach = Reach(sandboxes, REGION)
         for index in range(runs):
             for name in GOALS:
-                wait_until(lambda: healthy_problem(reach.cluster()) is None, 300, "a healthy cluster", 1)
+                wait_until(
+                    lambda: healthy_problem(reach.cluster(), synchronous=True) is None, 300, "a healthy cluster", 1
+                )
                 console.print(f"run {index + 1}/{runs}: {name}")
                 if name == "switchover":
                     results[name].append(switchover(reach, f"bench{index}"))
