@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -40,8 +39,9 @@ def _finish(args: argparse.Namespace, report: Report) -> int:
 
 
 def _progress(args: argparse.Namespace):
+    """Each step on stderr as it ends, so that stdout holds only the report."""
     console = Console(stderr=True)
-    return lambda name: console.print(f"[drill {args.verb}] {name}", highlight=False) if sys.stderr else None
+    return lambda name: console.print(f"[drill {args.verb}] {name}", highlight=False, markup=False)
 
 
 def cmd_az_loss(args: argparse.Namespace) -> int:

@@ -5,7 +5,6 @@ Pure functions over plain values: the tests give them logs written down by hand.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -81,7 +80,3 @@ class Report:
         path = directory / f"{self.drill}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
         write_json(path, self.as_json())
         return path
-
-
-def load(path: Path) -> dict:
-    return json.loads(path.read_text())
