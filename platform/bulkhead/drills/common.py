@@ -5,13 +5,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from bulkhead.drills.report import Report
 from bulkhead.errors import BulkheadError
 from bulkhead.ha import cluster
 from bulkhead.ha.reach import Reach
 from bulkhead.hosts.sandbox import HostSpec
 
+if TYPE_CHECKING:
+    from bulkhead.drills.workload import Workload
+
 URL_FILE = "/etc/bulkhead/database.url"
+# Seconds the new leader may take to serve writes, and a lost member to rejoin.
+RECOVERY_TIMEOUT = 120
+REJOIN_TIMEOUT = 240
 
 
 class DrillError(BulkheadError):
@@ -75,6 +83,31 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
             return time.monotonic() - started
         time.sleep(interval)
     raise DrillError(f"{what} did not happen within {timeout:.0f} s")
+
+
+def stepper(report: Report, on_step: Callable[[str], None] | None) -> Callable[[str], None]:
+    """`step(name)` records the seconds since the previous step in `report` and tells `on_step`."""
+    last = [time.monotonic()]
+
+    def step(name: str) -> None:
+        now = time.monotonic()
+        report.step(name, now - last[0])
+        last[0] = now
+        if on_step:
+            on_step(name)
+
+    return step
+
+
+def await_recovery(reach: Reach, writes: Workload, fault_at: float, report: Report, old_leader: str) -> None:
+    """Wait for a write acknowledged after the fault, then note who leads now (raises after RECOVERY_TIMEOUT)."""
+    if not writes.wait_for(1, after=fault_at, timeout=RECOVERY_TIMEOUT):
+        raise DrillError(f"no write was acknowledged within {RECOVERY_TIMEOUT} s of the fault; the members: "
+                         f"{describe(reach)}")  # fmt: skip
+    writes.wait_for(10, after=fault_at, timeout=30)
+    new = cluster.leader(reach.cluster())
+    report.new_leader = new.host if new else ""
+    report.failed_over = bool(new and new.host != old_leader)
 
 
 def describe(reach: Reach) -> str:

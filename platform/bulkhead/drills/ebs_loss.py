@@ -10,10 +10,8 @@ import time
 import yaml
 
 from bulkhead.drills import workload
-from bulkhead.drills.az_loss import RECOVERY_TIMEOUT, REJOIN_TIMEOUT, _stepper
-from bulkhead.drills.common import DrillError, describe, rejoined, stage, wait_until
-from bulkhead.drills.report import Report, ok_ratio, recovery_seconds, rows_lost
-from bulkhead.ha import cluster
+from bulkhead.drills.common import REJOIN_TIMEOUT, DrillError, await_recovery, rejoined, stage, stepper, wait_until
+from bulkhead.drills.report import Report
 from bulkhead.ha.reach import Reach
 
 PATRONI_CONFIG = "/etc/bulkhead/patroni.yml"
@@ -28,7 +26,7 @@ def run(reach: Reach, scratch, on_step=None) -> Report:
     log_dir = settings["postgresql"]["parameters"]["log_directory"]
     report = Report("ebs-loss", reach.region, host.az, old_leader=host.name)
     run_id = f"ebsloss{int(time.time())}"
-    step = _stepper(report, on_step)
+    step = stepper(report, on_step)
     patroni_log = reach.sandboxes.root(host) / log_dir.lstrip("/") / "patroni.log"
     log_offset = patroni_log.stat().st_size if patroni_log.exists() else 0
     writes = workload.writer(reach.sandboxes, ready.writer_host, ready.url, run_id)
@@ -41,14 +39,8 @@ def run(reach: Reach, scratch, on_step=None) -> Report:
         shutil.rmtree(reach.sandboxes.root(host) / data_dir.lstrip("/"))
         fault_at = time.time()
         step(f"wiped {data_dir} on {host.name}")
-        if not writes.wait_for(1, after=fault_at, timeout=RECOVERY_TIMEOUT):
-            raise DrillError(f"no write was acknowledged within {RECOVERY_TIMEOUT} s of the fault; the members: "
-                             f"{describe(reach)}")  # fmt: skip
+        await_recovery(reach, writes, fault_at, report, host.name)
         step("writes acknowledged again")
-        writes.wait_for(10, after=fault_at, timeout=30)
-        new = cluster.leader(reach.cluster())
-        report.new_leader = new.host if new else ""
-        report.failed_over = bool(new and new.host != host.name)
         fault_ended = time.time()
         wait_until(lambda: rejoined(reach, {host.name}), REJOIN_TIMEOUT, f"{host.name} being rebuilt")
         report.rejoined_s = round(time.time() - fault_at, 2)
@@ -56,10 +48,7 @@ def run(reach: Reach, scratch, on_step=None) -> Report:
     finally:
         attempts, requests = writes.stop(), probes.stop()
     present = workload.rows_present(reach.sandboxes, ready.writer_host, ready.url, run_id)
-    report.rto_s = recovery_seconds(attempts, fault_at)
-    report.rows_acknowledged = sum(a.ok for a in attempts)
-    report.rows_lost = rows_lost(attempts, fault_at, present)
-    report.http_ok_ratio = ok_ratio(requests, fault_at, fault_ended)
+    report.record(attempts, requests, present, fault_at, fault_ended)
     with patroni_log.open(errors="replace") as lines:
         lines.seek(log_offset)
         built = [line for line in lines if BUILT_WITH in line]

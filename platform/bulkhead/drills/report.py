@@ -73,6 +73,14 @@ class Report:
     def step(self, name: str, seconds: float) -> None:
         self.steps.append({"name": name, "seconds": round(seconds, 2)})
 
+    def record(self, writes: list[Attempt], requests: list[Attempt], present: set[int], fault_at: float,
+               fault_ended: float) -> None:  # fmt: skip
+        """The figures from the workload's attempts, the rows the cluster has, and the fault's window."""
+        self.rto_s = recovery_seconds(writes, fault_at)
+        self.rows_acknowledged = sum(a.ok for a in writes)
+        self.rows_lost = rows_lost(writes, fault_at, present)
+        self.http_ok_ratio = ok_ratio(requests, fault_at, fault_ended)
+
     def as_json(self) -> dict:
         return asdict(self)
 
