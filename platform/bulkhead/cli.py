@@ -23,6 +23,7 @@ GROUPS = (
     ("hosts", "bulkhead.hosts.commands", "controller"),
     ("image", "bulkhead.hosts.image_commands", "controller"),
     ("drill", "bulkhead.drills.commands", "controller"),
+    ("runbook", "bulkhead.runbook_commands", "controller"),
 )
 
 
