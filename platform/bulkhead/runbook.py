@@ -167,8 +167,8 @@ def parse(path: Path) -> Book:
         elif token.type == "inline" and in_variables and tokens[position - 2].type == "list_item_open":
             match = VARIABLE_ITEM.match(token.content.strip())
             if not match:
-                raise build.fail(token.map[0] if token.map else None,
-                                 "a variable reads - `NAME`: what it is, or - `NAME` = `default`: what it is")  # fmt: skip
+                shape = "a variable reads - `NAME`: what it is, or - `NAME` = `default`: what it is"
+                raise build.fail(token.map[0] if token.map else None, shape)
             build.variables.append(Variable(match["name"], match["default"], " ".join(match["help"].split())))
         elif token.type == "fence":
             _fence(build, token)
@@ -194,7 +194,8 @@ def _fence(build: _Builder, token) -> None:
         try:
             step["timeout"] = float(options.get("timeout", DEFAULT_CHECK_TIMEOUT))
         except ValueError:
-            raise build.fail(line, f"step {step['id']}: timeout={options['timeout']} is not a number of seconds")
+            what = f"step {step['id']}: timeout={options['timeout']} is not a number of seconds"
+            raise build.fail(line, what) from None
         if step["timeout"] <= 0:
             raise build.fail(line, f"step {step['id']}: timeout must be above 0 seconds")
 

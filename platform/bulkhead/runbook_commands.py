@@ -133,8 +133,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the steps filled in; run nothing")
     mode.add_argument("--yes", action="store_true", help="run unattended, without confirming changing steps")
-    run.add_argument("--from", dest="from_step", metavar="STEP",
-                     help="start at this step: resumes the newest unfinished run of this runbook (or --run)")
+    run.add_argument(
+        "--from",
+        dest="from_step",
+        metavar="STEP",
+        help="start at this step: resumes the newest unfinished run of this runbook (or --run)",
+    )
     run.add_argument("--run", metavar="RUN_ID", help="the run to resume with --from (default: the newest unfinished)")
     run.set_defaults(handler=cmd_run)
     status = verbs.add_parser("status", help="where a run stands (default: the newest), from any terminal")

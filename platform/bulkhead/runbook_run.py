@@ -109,8 +109,11 @@ class Runner:
 
     def run(self, run: Run, start: str | None = None) -> Run:
         """Run `run` from `start` (default: its first step not yet done); raises RunbookError on a failure."""
-        first = self.book.index(start) if start else next(
-            (i for i, entry in enumerate(run.steps) if entry["status"] not in (OK, SKIPPED)), len(run.steps))
+        first = (
+            self.book.index(start)
+            if start
+            else next((i for i, entry in enumerate(run.steps) if entry["status"] not in (OK, SKIPPED)), len(run.steps))
+        )
         for entry in run.steps[:first]:
             if entry["status"] != OK:
                 entry["status"] = SKIPPED

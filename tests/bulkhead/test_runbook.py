@@ -85,7 +85,10 @@ def test_parse__book_sections_steps_and_variables(scratch):
     assert book.title == "Count to three"
     assert book.summary.startswith("Appends one line per step")
     assert [(s.id, s.section, s.changes, s.timeout) for s in book.steps] == [
-        ("one", "Counting", True, 5.0), ("two", "Counting", True, 5.0), ("three", "Checking", False, 5.0)]
+        ("one", "Counting", True, 5.0),
+        ("two", "Counting", True, 5.0),
+        ("three", "Checking", False, 5.0),
+    ]
     assert [(v.name, v.default) for v in book.variables] == [("FILE", None), ("PAUSE", "0")]
 
 
@@ -153,7 +156,7 @@ def test_parse__undeclared_variable_is_refused_naming_the_step(scratch, capsys):
 
 def test_run__check_that_times_out_names_the_step_and_resumes_with_from(scratch, capsys):
     target = scratch / "count.txt"
-    (scratch / "runbooks" / "count.md").write_text(COUNTER.replace("grep -qx 2 \"$FILE\"\n```", "false\n```"))
+    (scratch / "runbooks" / "count.md").write_text(COUNTER.replace('grep -qx 2 "$FILE"\n```', "false\n```"))
     started = time.monotonic()
     code, _, err = _bulkhead(scratch, "runbook", "run", "count", "--var", f"FILE={target}", "--yes", capsys=capsys)
     assert code == EXIT_FAILED
@@ -164,7 +167,7 @@ def test_run__check_that_times_out_names_the_step_and_resumes_with_from(scratch,
     assert [s["status"] for s in failed["steps"]] == ["ok", "failed", "pending"]
     # The operator fixes the runbook and resumes: the same run carries on, with its variables.
     (scratch / "runbooks" / "count.md").write_text(COUNTER)
-    code, out, err = _bulkhead(scratch, "runbook", "run", "count", "--yes", "--from", "two", capsys=capsys)
+    code, _, err = _bulkhead(scratch, "runbook", "run", "count", "--yes", "--from", "two", capsys=capsys)
     assert code == 0, err
     [resumed] = _runs(scratch)
     assert resumed["run_id"] == failed["run_id"] and resumed["status"] == "done"
