@@ -24,6 +24,7 @@ GROUPS = (
     ("image", "bulkhead.hosts.image_commands", "controller"),
     ("drill", "bulkhead.drills.commands", "controller"),
     ("runbook", "bulkhead.runbook_commands", "controller"),
+    ("dns", "bulkhead.dns", "host"),
 )
 
 

@@ -17,7 +17,7 @@ from testinfra.backend.chroot import ChrootBackend
 from bulkhead.ha.reach import Reach
 from bulkhead.hosts import converge, inventory
 from bulkhead.hosts.sandbox import Sandboxes
-from bulkhead.localcloud import cloud, server
+from bulkhead.localcloud import cloud, controller, server
 from bulkhead.localcloud.state import Store
 
 REGION = "eu-west-1"
@@ -82,11 +82,12 @@ def site(project_dir, tmp_path_factory):
     store = Store(base / "local")
     sandboxes = Sandboxes(base / "hosts")
     try:
-        cloud.up([REGION], store, project_dir=project_dir)
+        cloud.up([REGION], store, project_dir=project_dir, hosts=sandboxes.directory)
         # Every host: a router, a dyno host and a database member (with etcd) in each AZ, so that any AZ can
         # be lost while the others serve.
         specs = inventory.local_hosts(REGION, store, project_dir)
-        sandboxes.up(specs, s3_port=server.running(store.directory).port)
+        fronts = controller.fronts_of(store.directory)
+        sandboxes.up(specs, s3_port=server.running(store.directory).port, fronts=fronts)
         path = inventory.write_inventory(specs, sandboxes, store)
         extra = converge.extra_vars(specs, sandboxes, store, project_dir)
         first = converge.converge(sandboxes, path, extra, project_dir)
@@ -94,6 +95,7 @@ def site(project_dir, tmp_path_factory):
         yield Site(project_dir, store, sandboxes, path, first)
     finally:
         sandboxes.down()
+        controller.stop(store.directory)
         server.stop(store.directory)
 
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from bulkhead import project
 from bulkhead.hosts import converge, fabric, image, inventory
 from bulkhead.hosts.sandbox import HostSpec, SandboxError, Sandboxes
-from bulkhead.localcloud import server
+from bulkhead.localcloud import controller, server
 from bulkhead.localcloud.state import Store
 
 
@@ -45,7 +45,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         specs = [dataclasses.replace(s, image=str(base.root)) for s in specs]
     with Console(stderr=True).status(f"making {len(specs)} sandbox hosts"):
         if not args.from_image:
-            made = sandboxes.up(specs, s3_port=info.port if info else None)
+            made = sandboxes.up(
+                specs, s3_port=info.port if info else None, fronts=controller.fronts_of(store.directory)
+            )
         else:
             if info is None:
                 raise SandboxError("the local cloud is not running; run `bulkhead local up`")

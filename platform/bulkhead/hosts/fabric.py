@@ -176,25 +176,38 @@ def stop_services(services: Services) -> None:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def listen_in(netns: str, address: str, port: int) -> socket.socket:
-    """A listening TCP socket at address:port inside network namespace `netns` (this thread returns home)."""
+@contextlib.contextmanager
+def _inside(netns: str):
+    """Run the block with this thread in network namespace `netns`; sockets made there stay there."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     try:
         if _libc.setns(target, CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), f"setns into {netns}")
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((address, port))
-            sock.listen(256)
+            yield
         finally:
             if _libc.setns(home, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns back home")
     finally:
         os.close(home)
         os.close(target)
+
+
+def listen_in(netns: str, address: str, port: int) -> socket.socket:
+    """A listening TCP socket at address:port inside network namespace `netns` (this thread returns home)."""
+    with _inside(netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(256)
     return sock
+
+
+def socket_in(netns: str) -> socket.socket:
+    """An unconnected TCP socket of network namespace `netns`, to connect to what only that namespace reaches."""
+    with _inside(netns):
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
 
 class _Relay(socketserver.BaseRequestHandler):
@@ -206,7 +219,7 @@ class _Relay(socketserver.BaseRequestHandler):
         except OSError:
             return
         upstream.settimeout(None)
-        pumps = [threading.Thread(target=_pump, args=pair, daemon=True)
+        pumps = [threading.Thread(target=pump, args=pair, daemon=True)
                  for pair in ((self.request, upstream), (upstream, self.request))]  # fmt: skip
         for pump in pumps:
             pump.start()
@@ -215,7 +228,8 @@ class _Relay(socketserver.BaseRequestHandler):
         upstream.close()
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy one direction of a relayed connection until it ends, then end it on the other side."""
     with contextlib.suppress(OSError):
         while chunk := source.recv(65536):
             sink.sendall(chunk)

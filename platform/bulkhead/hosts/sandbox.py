@@ -192,11 +192,13 @@ class Sandboxes:
             capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
 
-    def up(self, specs: list[HostSpec], s3_port: int | None = None) -> list[HostSpec]:
+    def up(self, specs: list[HostSpec], s3_port: int | None = None,
+           fronts: dict[str, int] | None = None) -> list[HostSpec]:  # fmt: skip
         """Make a sandbox for each spec not yet made (or made and since lost); returns the ones made now.
 
         With `s3_port`, each sandbox reaches the local cloud's S3 at 127.0.0.1:`s3_port`, as a VPC's hosts
-        reach S3 through its gateway endpoint.
+        reach S3 through its gateway endpoint; through its region's front (`fronts`: region -> port) when the
+        local cloud's controller runs, so that a region off the air is off the air for its hosts too.
         """
         for stale in [s for s in self.recorded() if not self.alive(s)]:
             log.warning("sandbox lost; making it again", extra={"host": stale.name})
@@ -213,7 +215,7 @@ class Sandboxes:
             # Recorded before it is made: a failure half-way is still found and removed by `down`.
             self._save([*self.recorded(), spec])
             try:
-                self._make(spec, s3_port)
+                self._make(spec, s3_port, (fronts or {}).get(spec.region, s3_port))
             except SandboxError:
                 self._remove(spec)
                 self._save([s for s in self.recorded() if s.name != spec.name])
@@ -225,7 +227,7 @@ class Sandboxes:
             log.info("sandbox up", extra={"host": spec.name, "role": spec.role, "address": spec.address})
         return made
 
-    def _make(self, spec: HostSpec, s3_port: int | None) -> None:
+    def _make(self, spec: HostSpec, s3_port: int | None, s3_target: int | None) -> None:
         base = self.directory / spec.name
         layers, root = base / "layers", base / "root"
         for path in (layers, root):
@@ -258,7 +260,7 @@ class Sandboxes:
         if spec.image:
             return  # booted by `boot`, once the region's metadata service and relay listen
         if s3_port:
-            self._s3_endpoint(spec, s3_port)
+            self._s3_endpoint(spec, s3_port, s3_target or s3_port)
         self._start_init(spec)
 
     def _network(self, spec: HostSpec) -> None:
@@ -282,8 +284,8 @@ class Sandboxes:
         # Link-local reach to the metadata service and the relay; no default route: nothing else is reachable.
         _run("ip", "-n", spec.netns, "route", "add", LINK_LOCAL, "dev", "eth0")
 
-    def _s3_endpoint(self, spec: HostSpec, port: int) -> None:
-        """Relay 127.0.0.1:port inside the sandbox to the moto server on this machine's loopback.
+    def _s3_endpoint(self, spec: HostSpec, port: int, target: int) -> None:
+        """Relay 127.0.0.1:port inside the sandbox to 127.0.0.1:target on this machine (the region's front).
 
         The two halves meet at a unix socket in the sandbox's /run: traffic never leaves this machine
         and the sandbox's network namespace stays without any route out.
@@ -291,7 +293,7 @@ class Sandboxes:
         root, base = self.root(spec), self.directory / spec.name
         socket_path = root / "run" / "bulkhead-s3.sock"
         relay = subprocess.Popen(
-            ["socat", f"UNIX-LISTEN:{socket_path},fork,mode=0666", f"TCP:127.0.0.1:{port}"],
+            ["socat", f"UNIX-LISTEN:{socket_path},fork,mode=0666", f"TCP:127.0.0.1:{target}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         (base / "s3-relay.pid").write_text(str(relay.pid))

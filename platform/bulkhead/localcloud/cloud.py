@@ -12,7 +12,8 @@ from typing import Any
 from bulkhead import s3compat, stack_runner, topology
 from bulkhead.errors import UsageError
 from bulkhead.hosts.image import SERVED_REPOSITORY
-from bulkhead.localcloud import server
+from bulkhead.hosts.sandbox import hosts_dir
+from bulkhead.localcloud import controller, server
 from bulkhead.localcloud.aws import LocalAws, LocalCloudError, local_environment
 from bulkhead.localcloud.engine import StackReport, deploy_stack
 from bulkhead.localcloud.state import CorruptState, Store
@@ -50,6 +51,24 @@ def ensure_server(store: Store, port: int | None) -> server.ServerInfo:
     return server.start(store.directory, port)
 
 
+def ensure_controller(store: Store, info: server.ServerInfo, files: topology.StackFiles, lag: float | None,
+                      hosts: Path) -> None:  # fmt: skip
+    """The controller running beside this server, with the lag asked for (kept from last time when not asked).
+
+    It fronts every region a stack names, the status site's region included."""
+    current = controller.running(store.directory)
+    wanted = lag if lag is not None else (current.replication_lag if current else controller.DEFAULT_REPLICATION_LAG)
+    if current and current.moto_port == info.port and current.replication_lag == wanted:
+        return
+    if current:
+        controller.stop(store.directory)
+    regions = set()
+    for name in files.names():
+        config = files.config(name)
+        regions |= {str(config[key]) for key in ("aws:region", "bulkhead:statusRegion") if config.get(key)}
+    controller.start(store.directory, info.port, sorted(regions), hosts, wanted)
+
+
 def up(
     stacks: list[str],
     store: Store,
@@ -60,6 +79,8 @@ def up(
     project_dir: Path,
     ansible_ref: str | None = None,
     config: Mapping[str, str] | None = None,
+    replication_lag: float | None = None,
+    hosts: Path | None = None,
 ) -> tuple[server.ServerInfo, list[StackReport]]:
     """Deploy `stacks` (in deployment order) into the local cloud; returns what changed per stack.
 
@@ -69,7 +90,12 @@ def up(
     Hosts pull their roles from this checkout as the sandboxes' relay serves it, at `ansible_ref`
     (default: the checkout's HEAD commit); the stack files keep the repository AWS hosts pull from.
     `config` sets keys in every region stack, as `pulumi config set` would, and is validated alike.
+    The controller (replication, health probes, region fronts) is started beside the server, or
+    restarted when the server or `replication_lag` changed; it probes the routers among the sandboxes
+    in `hosts` (default: the project's).
     """
+    if replication_lag is not None and replication_lag < 0:
+        raise UsageError(f"--replication-lag {replication_lag:g} is below 0; give the seconds S3 replication waits")
     unknown = sorted(set(config or {}) - set(topology.REGION_KEYS))
     if unknown:
         raise UsageError(
@@ -86,6 +112,7 @@ def up(
         # What each stack held last time: the progress bar's total (unknown on a first run).
         on_start({s: len(store.load(s).resources) for s in stacks})
     info = ensure_server(store, port)
+    ensure_controller(store, info, files, replication_lag, hosts or hosts_dir(project_dir))
     aws = LocalAws(info.endpoint)
 
     def references(name: str) -> Mapping[str, Any]:
@@ -146,11 +173,15 @@ def status(store: Store) -> dict[str, Any]:
         except CorruptState as error:
             raise LocalCloudError(f"{error}; run `bulkhead local up` to rebuild") from None
         stacks[stack] = {"resources": resources, "outputs": store.outputs(stack) or {}}
-    return {"running": info is not None, "endpoint": info.endpoint if info else None, "stacks": stacks}
+    running = controller.running(store.directory) if info else None
+    details = controller.request(running, "GET", "/status") if running else None
+    return {"running": info is not None, "endpoint": info.endpoint if info else None, "stacks": stacks,
+            "controller": {"endpoint": running.endpoint, **details} if running and details else None}  # fmt: skip
 
 
 def down(store: Store) -> None:
     """Stop the server and forget every stack."""
+    controller.stop(store.directory)
     stopped = server.stop(store.directory)
     had_state = store.directory.exists() and any(store.directory.iterdir())
     store.clear()

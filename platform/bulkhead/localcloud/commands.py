@@ -43,6 +43,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             project_dir=project_dir,
             ansible_ref=args.ansible_ref,
             config=dict(args.config or []),
+            replication_lag=args.replication_lag,
         )
     table = Table(title=f"local cloud at {info.endpoint}")
     for column in ("stack", "created", "updated", "replaced", "deleted", "unchanged", "seconds"):
@@ -73,6 +74,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         keys = "\n".join(f"{k}: {entry['outputs'][k]}" for k in KEY_OUTPUTS if k in entry["outputs"])
         table.add_row(stack, str(entry["resources"]), keys)
     console.print(table)
+    details = report.get("controller")
+    if details:
+        regions = ", ".join(f"{r} :{d['port']}" + ("" if d["reachable"] else " (off the air)")
+                            for r, d in details["regions"].items())  # fmt: skip
+        replication = details["replication"]
+        console.print(f"controller: {details['endpoint']}; region fronts: {regions}", highlight=False)
+        console.print(
+            f"replication: lag {replication['lag_s']:g} s, {replication['copied']} copied, "
+            f"{replication['pending']} pending, last lag {replication['last_lag_s']} s",
+            highlight=False,
+        )
+        for check, state in details["health_checks"].items():
+            console.print(
+                f"health check {check} ({state['region']}): "
+                f"{'healthy' if state['healthy'] else 'UNHEALTHY'}: {state['last']}",
+                highlight=False,
+            )
+    else:
+        console.print("controller: not running (run `bulkhead local up` to start it)")
     return 0
 
 
@@ -126,8 +146,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="set a key in every region stack for this deployment, e.g. bulkhead:baseBackupIntervalSeconds=60 "
         "(repeatable; validated as the stack files are)",
     )
+    up.add_argument(
+        "--replication-lag",
+        type=float,
+        metavar="SECONDS",
+        help="how old a new object is before S3 replication copies it to the partner region's bucket (default: as "
+        "the running controller has it, else 2)",
+    )
     up.set_defaults(handler=cmd_up)
-    status = verbs.add_parser("status", help="show the endpoint and each deployed stack")
+    status = verbs.add_parser(
+        "status", help="show the endpoint, each deployed stack, and the controller (fronts, replication, health)"
+    )
     status.add_argument("--json", action="store_true", help="print as JSON")
     status.set_defaults(handler=cmd_status)
     verbs.add_parser("down", help="stop the server and clear all local state").set_defaults(handler=cmd_down)

@@ -8,7 +8,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from bulkhead.localcloud import cloud, server
+from bulkhead.localcloud import cloud, controller, server
 from bulkhead.localcloud.aws import LOCAL_CREDENTIALS
 from bulkhead.localcloud.state import Store
 
@@ -45,6 +45,7 @@ def store(tmp_path) -> Store:
     """An empty local cloud; its server, if a test starts one, is stopped afterwards."""
     local = Store(tmp_path / "local")
     yield local
+    controller.stop(local.directory)
     server.stop(local.directory)
 
 
@@ -55,4 +56,5 @@ def deployed(project_dir, tmp_path_factory):
     stacks = ["eu-west-1", "us-east-1", "us-west-2", "global"]
     info, reports = cloud.up(stacks, local, project_dir=project_dir)
     yield local, Clients(info.endpoint), {r.stack: r for r in reports}
+    controller.stop(local.directory)
     server.stop(local.directory)
