@@ -25,6 +25,7 @@ GROUPS = (
     ("drill", "bulkhead.drills.commands", "controller"),
     ("runbook", "bulkhead.runbook_commands", "controller"),
     ("dns", "bulkhead.dns", "host"),
+    ("status", "bulkhead.ops.status", "host"),
 )
 
 

@@ -106,6 +106,7 @@ class Runner:
     confirm: Callable[[Step], bool] | None = None  # None: unattended (--yes)
     out: Callable[[str], None] = print
     on_step: Callable[[dict], None] | None = None
+    environment: dict[str, str] = field(default_factory=dict)  # more for every command (a drill's state dirs)
 
     def run(self, run: Run, start: str | None = None) -> Run:
         """Run `run` from `start` (default: its first step not yet done); raises RunbookError on a failure."""
@@ -130,7 +131,7 @@ class Runner:
     def _environment(self, run: Run) -> dict[str, str]:
         # The commands find this installation's `bulkhead` first, whatever PATH the operator has.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        return {**os.environ, **run.variables, "PATH": path, "RUNBOOK_RUN_ID": run.run_id,
+        return {**os.environ, **self.environment, **run.variables, "PATH": path, "RUNBOOK_RUN_ID": run.run_id,
                 "RUNBOOK_STATE_DIR": str(self.state_dir)}  # fmt: skip
 
     def _step(self, run: Run, step: Step) -> None:

@@ -19,8 +19,9 @@ DEFAULT_COMPONENTS = (Component("HTTP routing"), Component("Dynos"), Component("
 _COLOURS = {"operational": "#1a7f37", "degraded": "#9a6700", "outage": "#cf222e"}
 
 
-def render(title: str, components: Sequence[Component] = DEFAULT_COMPONENTS) -> str:
-    """The page, with inline styles only, so it renders while every platform asset is unreachable."""
+def render(title: str, components: Sequence[Component] = DEFAULT_COMPONENTS, notice: str = "") -> str:
+    """The page, with inline styles only, so it renders while every platform asset is unreachable; `notice`
+    is the newest post's message."""
     rows = "\n".join(
         f'<li><span>{html.escape(c.name)}</span><b style="color:{_COLOURS.get(c.state, "#57606a")}">'
         f"{html.escape(c.state)}</b></li>"
@@ -32,7 +33,7 @@ def render(title: str, components: Sequence[Component] = DEFAULT_COMPONENTS) -> 
 <style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}}
 li{{display:flex;justify-content:space-between;padding:.5rem 0;border-bottom:1px solid #d0d7de}}
 ul{{list-style:none;padding:0}}</style></head>
-<body><h1>{html.escape(title)}</h1><ul>
+<body><h1>{html.escape(title)}</h1>{f"<p>{html.escape(notice)}</p>" if notice else ""}<ul>
 {rows}
 </ul></body></html>
 """

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bulkhead import clock
-from bulkhead.backup import base_backup, catalog, copy, restore
+from bulkhead.backup import base_backup, catalog, copy, fleet_commands, restore
 from bulkhead.backup.decisions import seconds_until_due
 from bulkhead.backup.settings import (
     DEFAULT_ARCHIVE_TIMEOUT,
@@ -157,6 +157,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     verbs = db.add_subparsers(dest="verb", required=True, metavar="VERB")
     ha_commands.register_verbs(verbs)
+    fleet_commands.register_verbs(verbs)
 
     def verb(name: str, help_text: str, handler) -> argparse.ArgumentParser:
         parser = verbs.add_parser(name, help=help_text, description=help_text)

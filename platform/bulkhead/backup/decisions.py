@@ -92,8 +92,8 @@ def restore_blocker(verification: Verification, target_time: dt.datetime | None)
 
 
 def restore_order(jobs: Iterable[RestoreJob]) -> list[RestoreJob]:
-    """Lowest `priority` first (paying customers before free ones); among equals, the order given."""
-    return sorted(jobs, key=lambda job: job.priority)
+    """Paying customers first, then lowest `priority` first; among equals, the order given."""
+    return sorted(jobs, key=lambda job: (not getattr(job, "paying", False), job.priority))
 
 
 def uploaded_bytes(before: set[str], objects: Iterable[StoredObject]) -> int:

@@ -48,17 +48,28 @@ class PgServer:
     def conninfo(self) -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
 
-    def init(self, archive: Archive, archive_timeout: int = 60) -> None:
-        as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres")
-        with (self.data_dir / "postgresql.conf").open("a") as conf:
-            conf.write("\n".join(conf_lines(server_settings(archive, archive_timeout))) + "\n")
+    @property
+    def pg_ctl(self) -> Path:
+        return PG_BIN / "pg_ctl"
 
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.data_dir.parent} -c listen_addresses=127.0.0.1"
+    def init(self, archive: Archive, archive_timeout: int = 60, settings: dict[str, str] | None = None,
+             remote_password_auth: bool = False, initdb_args: tuple[str, ...] = ()) -> None:  # fmt: skip
+        """initdb (trust on this machine's loopback), archiving into `archive`; with `remote_password_auth`,
+        clients from anywhere else may connect with a password."""
+        as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres", *initdb_args)
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("\n".join(conf_lines({**server_settings(archive, archive_timeout), **(settings or {})})) + "\n")
+        if remote_password_auth:
+            with (self.data_dir / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
+
+    def start(self, listen: str = "127.0.0.1", environment: dict[str, str] | None = None) -> None:
+        """Start and wait; archive_command gets `environment` (default: the local cloud's credentials)."""
+        options = f"-p {self.port} -k {self.data_dir.parent} -c listen_addresses={listen}"
         log = self.data_dir.parent / f"pg-{self.port}.log"
         result = as_postgres(
-            str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(log), "-w", "-t", "120", "start",
-            env=local_environment(), check=False,
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(log), "-w", "-t", "300", "start",
+            env=local_environment() if environment is None else environment, check=False,
         )  # fmt: skip
         if result.returncode != 0:
             last = (log.read_text(errors="replace").strip().splitlines() or [result.stderr.strip()])[-1]

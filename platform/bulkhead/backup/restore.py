@@ -85,12 +85,13 @@ def _configure_recovery(data_dir: Path, archive: Archive, target_time: dt.dateti
 
 @dataclass(frozen=True)
 class RestoreJob:
-    """One database to bring back; lower `priority` goes first (paying customers before free ones)."""
+    """One database to bring back: paying customers first, then lower `priority` first."""
 
     archive: Archive
     target: Path
     priority: int = 100
     target_time: dt.datetime | None = None
+    paying: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,23 @@ from __future__ import annotations
 import time
 
 from bulkhead.drills import workload
-from bulkhead.drills.common import REJOIN_TIMEOUT, DrillError, await_recovery, rejoined, stage, stepper, wait_until
+from bulkhead.drills.common import (
+    REJOIN_TIMEOUT,
+    DrillError,
+    await_recovery,
+    rejoined,
+    run_runbook,
+    stage,
+    stepper,
+    wait_until,
+)
 from bulkhead.drills.report import Report
 from bulkhead.ha import cluster
 from bulkhead.ha.reach import Reach
 
 
-def run(reach: Reach, az: str | None, scratch, on_step=None) -> Report:
-    """Run the drill on `reach`'s region; `scratch` is a directory for the prober's log."""
+def run(reach: Reach, az: str | None, scratch, on_step=None, project_dir=None) -> Report:
+    """Run the drill on `reach`'s region; `scratch` is a directory for the prober's and the runbook's logs."""
     zones = sorted({h.az for h in reach.hosts})
     if az is not None and az not in zones:
         raise DrillError(f"--az {az} is not an AZ of {reach.region}'s hosts; choose one of {', '.join(zones)}")
@@ -41,6 +50,8 @@ def run(reach: Reach, az: str | None, scratch, on_step=None) -> Report:
         # The fault's moment: every host of the AZ is dark. A write acknowledged after it came from a survivor.
         fault_at = time.time()
         step(f"powered off {len(victims)} hosts in {target}")
+        run_runbook("az-loss", {"REGION": reach.region, "AZ": target}, scratch, step, reach.sandboxes.directory,
+                    project_dir)  # fmt: skip
         await_recovery(reach, writes, fault_at, report, ready.leader.host)
         step("writes acknowledged again")
         fault_ended = time.time()

@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bulkhead import project
-from bulkhead.drills import az_loss, ebs_loss
+from bulkhead.drills import az_loss, ebs_loss, region_loss
 from bulkhead.drills.report import Report
+from bulkhead.errors import UsageError
 from bulkhead.ha.reach import Reach
 
 
@@ -48,14 +49,47 @@ def cmd_az_loss(args: argparse.Namespace) -> int:
     project_dir = project.find(args.project)
     reach = Reach.of_project(project_dir, args.region)
     scratch = project.state_dir(project_dir, "drills") / "logs"
-    return _finish(args, az_loss.run(reach, args.az, scratch, _progress(args)))
+    return _finish(args, az_loss.run(reach, args.az, scratch, _progress(args), project_dir))
 
 
 def cmd_ebs_loss(args: argparse.Namespace) -> int:
     project_dir = project.find(args.project)
     reach = Reach.of_project(project_dir, args.region)
     scratch = project.state_dir(project_dir, "drills") / "logs"
-    return _finish(args, ebs_loss.run(reach, scratch, _progress(args)))
+    return _finish(args, ebs_loss.run(reach, scratch, _progress(args), project_dir))
+
+
+def cmd_region_loss(args: argparse.Namespace) -> int:
+    project_dir = project.find(args.project)
+    if args.databases < 1:
+        raise UsageError(f"--databases {args.databases}: give at least 1")
+    scratch = project.state_dir(project_dir, "drills") / "logs"
+    report = region_loss.run(project_dir, args.region, args.databases, scratch, _progress(args), args.concurrency)
+    path = report.save(project.state_dir(project_dir, "drills"))
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+        return 0
+    lost = [n for n in report.rows_lost.values() if n]
+    table = Table(title=f"drill region-loss: {report.region} lost, {report.partner} took over ({path})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [("databases", report.databases), ("rto_s first paying", report.rto_s.get("first_paying")),
+            ("rto_s all", report.rto_s.get("all")), ("rows acknowledged", sum(report.rows_acknowledged.values())),
+            ("rows lost", sum(n or 0 for n in report.rows_lost.values())), ("databases that lost rows", len(lost)),
+            ("longest loss window s", max(report.loss_window_s.values(), default=0)), ("bound s", report.bound_s),
+            ("priority_inversions", report.priority_inversions), ("dns_before", report.dns_before),
+            ("dns_after", report.dns_after)]  # fmt: skip
+    for name, value in rows:
+        table.add_row(name, "-" if value is None else str(value))
+    steps = Table(title="steps")
+    steps.add_column("step")
+    steps.add_column("seconds", justify="right")
+    for entry in report.steps:
+        steps.add_row(entry["name"], f"{entry['seconds']:.1f}")
+    console = Console()
+    console.print(table)
+    console.print(steps)
+    return 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -76,6 +110,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     ebs = verbs.add_parser("ebs-loss", help="wipe the leader's data directory under the running writer",
                            description=ebs_loss.__doc__)  # fmt: skip
     ebs.set_defaults(handler=cmd_ebs_loss)
-    for parser in (az, ebs):
+    region = verbs.add_parser("region-loss", help="lose a whole region; its partner restores every shared database",
+                              description=region_loss.__doc__)  # fmt: skip
+    region.add_argument("--databases", type=int, default=region_loss.DEFAULT_DATABASES,
+                        help="shared databases to make, write to and restore (default 50)")  # fmt: skip
+    region.add_argument("--concurrency", type=int, help="databases restored at once (default: this machine's cores)")
+    region.set_defaults(handler=cmd_region_loss)
+    for parser in (az, ebs, region):
         parser.add_argument("--region", required=True, help="the region whose sandbox hosts to drill")
         parser.add_argument("--json", action="store_true", help="print the report as one JSON object")

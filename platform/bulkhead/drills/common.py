@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bulkhead import project, runbook, runbook_run
 from bulkhead.drills.report import Report
 from bulkhead.errors import BulkheadError
 from bulkhead.ha import cluster
@@ -122,3 +124,18 @@ def rejoined(reach: Reach, hosts: set[str]) -> bool:
     return leader is not None and all(
         m.state == "streaming" and m.timeline == leader.timeline for m in found if m.host in hosts
     )
+
+
+def run_runbook(name: str, values: dict[str, str], scratch: Path, step: Callable[[str], None], hosts_dir: Path,
+                project_dir: Path | None = None) -> runbook_run.Run:  # fmt: skip
+    """Run a runbook unattended, as an operator would after the fault: each of its steps becomes a step of the
+    drill, its commands' output goes to a log in `scratch`, and they reach the drill's own sandboxes."""
+    project_dir = project_dir or project.find()
+    book = runbook.load(project_dir, name)
+    scratch.mkdir(parents=True, exist_ok=True)
+    with (scratch / f"runbook-{name}.log").open("a") as out:
+        runner = runbook_run.Runner(book, project_dir, project.state_dir(project_dir, "runbooks"), confirm=None,
+                                    out=lambda line: print(line, file=out, flush=True),
+                                    on_step=lambda entry: step(f"runbook {entry['id']}"),
+                                    environment={"BULKHEAD_HOSTS_DIR": str(hosts_dir)})  # fmt: skip
+        return runner.run(runbook_run.new_run(book, book.resolve(values)))

@@ -10,7 +10,16 @@ import time
 import yaml
 
 from bulkhead.drills import workload
-from bulkhead.drills.common import REJOIN_TIMEOUT, DrillError, await_recovery, rejoined, stage, stepper, wait_until
+from bulkhead.drills.common import (
+    REJOIN_TIMEOUT,
+    DrillError,
+    await_recovery,
+    rejoined,
+    run_runbook,
+    stage,
+    stepper,
+    wait_until,
+)
 from bulkhead.drills.report import Report
 from bulkhead.ha.reach import Reach
 
@@ -18,7 +27,7 @@ PATRONI_CONFIG = "/etc/bulkhead/patroni.yml"
 BUILT_WITH = "replica has been created using "
 
 
-def run(reach: Reach, scratch, on_step=None) -> Report:
+def run(reach: Reach, scratch, on_step=None, project_dir=None) -> Report:
     ready = stage(reach, spared_az=None)
     host = next(h for h in reach.database_hosts if h.name == ready.leader.host)
     settings = yaml.safe_load(reach.read_file(host, PATRONI_CONFIG))
@@ -39,6 +48,8 @@ def run(reach: Reach, scratch, on_step=None) -> Report:
         shutil.rmtree(reach.sandboxes.root(host) / data_dir.lstrip("/"))
         fault_at = time.time()
         step(f"wiped {data_dir} on {host.name}")
+        run_runbook("ebs-loss", {"REGION": reach.region, "MEMBER": host.name}, scratch, step,
+                    reach.sandboxes.directory, project_dir)  # fmt: skip
         await_recovery(reach, writes, fault_at, report, host.name)
         step("writes acknowledged again")
         fault_ended = time.time()

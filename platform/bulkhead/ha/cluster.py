@@ -119,3 +119,23 @@ def _named(found: list[Member], name: str) -> Member:
         if name in (member.host, member.address):
             return member
     raise ClusterError(f"no database member {name!r}; members: {', '.join(m.host for m in found)}")
+
+
+def expectation_problem(found: list[Member], leader_not: str | None = None, leader_outside_az: str | None = None,
+                        streaming: tuple[str, ...] = ()) -> str | None:  # fmt: skip
+    """What keeps the cluster from the state a runbook's check expects, in one line; None when it holds."""
+    current = leader(found)
+    if current is None or current.state != "running":
+        return "no member leads and runs yet"
+    if leader_not and current.host == leader_not:
+        return f"{leader_not} still leads"
+    if leader_outside_az and current.az == leader_outside_az:
+        return f"the leader {current.host} is still in {leader_outside_az}"
+    by_host = {m.host: m for m in found}
+    for host in streaming:
+        member = by_host.get(host)
+        if member is None:
+            return f"{host} is not a member of this cluster"
+        if member.role != "replica" or member.state != "streaming":
+            return f"{host} is {member.role}, {member.state}: not a streaming replica yet"
+    return None

@@ -39,6 +39,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the cluster is as expected, else 1 with one line saying what is not (for runbook checks)."""
+    streaming = tuple(h for h in (args.streaming or "").split(",") if h)
+    problem = cluster.expectation_problem(_reach(args).cluster(), args.leader_not, args.leader_outside_az, streaming)
+    if problem:
+        raise cluster.ClusterError(f"{args.region}: {problem}")
+    print(f"{args.region}: as expected")
+    return 0
+
+
 def _text(value: int | None) -> str:
     return "-" if value is None else str(value)
 
@@ -122,5 +132,10 @@ def register_verbs(verbs: argparse._SubParsersAction) -> None:
     )
     failover.add_argument("--to", metavar="HOST", required=True, help="the replica to promote")
     failover.add_argument("--force", action="store_true", help="promote even a lagging replica, losing its lag")
+    check = verb("check", "exit 0 when the cluster is as expected, else 1 saying what is not (runbooks' checks)",
+                 cmd_check)  # fmt: skip
+    check.add_argument("--leader-not", metavar="HOST", help="a running leader other than HOST")
+    check.add_argument("--leader-outside-az", metavar="AZ", help="a running leader outside AZ")
+    check.add_argument("--streaming", metavar="HOSTS", help="these members (comma-separated) streaming as replicas")
     verb("url", "print the apps' connection URL, as a dyno host sees it (127.0.0.1:5432, the current primary)",
          cmd_url)  # fmt: skip

@@ -336,6 +336,11 @@ class Sandboxes:
             # A link going down takes its routes with it; the kernel restores only the subnet's own.
             _run("ip", "-n", spec.netns, "route", "replace", LINK_LOCAL, "dev", "eth0")
 
+    def powered(self, spec: HostSpec) -> bool:
+        """Its link is up (a host powered off has its link down until it is powered on)."""
+        state = _run("ip", "-n", spec.netns, "-o", "link", "show", "eth0", check=False).stdout
+        return "state DOWN" not in state and ",UP" in state
+
     def power_off(self, spec: HostSpec) -> None:
         """As a power interruption: the link goes down and every process of the host dies at once (SIGKILL)."""
         self.set_link(spec, up=False)

@@ -58,7 +58,9 @@ def ensure_controller(store: Store, info: server.ServerInfo, files: topology.Sta
     It fronts every region a stack names, the status site's region included."""
     current = controller.running(store.directory)
     wanted = lag if lag is not None else (current.replication_lag if current else controller.DEFAULT_REPLICATION_LAG)
-    if current and current.moto_port == info.port and current.replication_lag == wanted:
+    if current and current.moto_port == info.port:
+        if current.replication_lag != wanted:
+            controller.set_replication_lag(store.directory, wanted)
         return
     if current:
         controller.stop(store.directory)
@@ -187,6 +189,17 @@ def down(store: Store) -> None:
     store.clear()
     if not stopped and not had_state:
         raise LocalCloudError("the local cloud is not running; nothing to stop (start it with `bulkhead local up`)")
+
+
+def set_on_air(store: Store, region: str, on: bool) -> str:
+    """Put `region`'s endpoint on or off the air; one line that says what it is now."""
+    running = controller.running(store.directory)
+    if running is None:
+        raise LocalCloudError("the local cloud's controller is not running; start it with `bulkhead local up`")
+    if region not in running.fronts:
+        raise UsageError(f"the controller fronts no region {region}; it fronts {', '.join(sorted(running.fronts))}")
+    answer = controller.request(running, "POST", f"/regions/{region}/{'on-air' if on else 'off-air'}")
+    return f"{region}: {'on' if answer['reachable'] else 'off'} the air"
 
 
 def env_lines(store: Store) -> list[str]:

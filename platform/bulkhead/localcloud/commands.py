@@ -102,6 +102,12 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_air(args: argparse.Namespace) -> int:
+    store = Store.of_project(project.find(args.project))
+    print(cloud.set_on_air(store, args.region, args.state == "on"))
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     print("\n".join(cloud.env_lines(Store.of_project(project.find(args.project)))))
     return 0
@@ -160,6 +166,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true", help="print as JSON")
     status.set_defaults(handler=cmd_status)
     verbs.add_parser("down", help="stop the server and clear all local state").set_defaults(handler=cmd_down)
+    air = verbs.add_parser(
+        "air",
+        help="take a region's endpoint off the air (refused connections, every connection cut) or back on",
+        description="What a drill does to lose a region's AWS endpoints: its front stops answering. Replication "
+        "from and to it stops too.",
+    )
+    air.add_argument("region", help="a region the controller fronts")
+    air.add_argument("state", choices=("on", "off"))
+    air.set_defaults(handler=cmd_air)
     verbs.add_parser(
         "env", help='print shell lines to point boto3/aws at the local cloud: eval "$(bulkhead local env)"'
     ).set_defaults(handler=cmd_env)

@@ -130,6 +130,17 @@ def stop(directory: Path) -> bool:
     return True
 
 
+def set_replication_lag(directory: Path, lag: float) -> ControllerInfo:
+    """Change the running controller's replication lag in place (its fronts and figures carry on)."""
+    info = running(directory)
+    if info is None:
+        raise LocalCloudError("the local cloud's controller is not running; start it with `bulkhead local up`")
+    request(info, "POST", f"/replication/lag/{lag:g}")
+    changed = ControllerInfo(info.pid, info.port, info.fronts, lag, info.moto_port)
+    write_json(directory / RECORD, asdict(changed))
+    return changed
+
+
 def fronts_of(directory: Path) -> dict[str, int]:
     """Each region's front port (none when no controller was started)."""
     info = recorded(directory)
@@ -243,6 +254,17 @@ class _Api(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         parts = urllib.parse.urlsplit(self.path).path.strip("/").split("/")
+        if parts[:2] == ["replication", "lag"] and len(parts) == 3:
+            try:
+                lag = float(parts[2])
+            except ValueError:
+                lag = -1.0
+            if lag < 0:
+                self._send(400, json.dumps({"error": f"lag {parts[2]!r} is not a number of seconds"}))
+                return
+            self.controller.replicator.lag = lag
+            self._send(200, json.dumps({"lag_s": lag}))
+            return
         if parts[0] != "regions":
             self._forward()
             return

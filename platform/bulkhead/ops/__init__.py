@@ -1,0 +1,1 @@
+"""Operations: the status site's posts (and, later, control rods and policy)."""
