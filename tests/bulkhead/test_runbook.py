@@ -200,7 +200,21 @@ def test_run__interrupted_mid_step_resumes_to_the_same_end_state(scratch, tmp_pa
 
 def test_runbooks__every_runbook_in_the_project_parses(project_dir):
     books = [runbook.parse(path) for path in runbook.available(project_dir)]
-    assert {b.name for b in books} >= {"ebs-loss", "az-loss"}
+    assert {b.name for b in books} >= {"ebs-loss", "az-loss", "region-loss", "region-failback",
+                                       "point-in-time-restore", "copy-archive"}  # fmt: skip
     for book in books:
         assert book.summary, book.name
         assert all(step.check for step in book.steps), book.name
+
+
+def test_runbooks__each_dry_runs_every_step_and_changes_nothing(project_dir, capsys):
+    state = project_dir / ".bulkhead" / "runbooks"
+    before = sorted(p.name for p in state.glob("*")) if state.exists() else []
+    for path in runbook.available(project_dir):
+        book = runbook.parse(path)
+        values = [f"--var={v.name}=example-{v.name.lower()}" for v in book.variables if v.default is None]
+        code, out, err = _bulkhead(project_dir, "runbook", "run", book.name, "--dry-run", *values, capsys=capsys)
+        assert code == 0, err
+        assert all(f"{step.id}: {step.title}" in out for step in book.steps), book.name
+        assert "example-" in out, book.name  # the variables were filled in
+    assert (sorted(p.name for p in state.glob("*")) if state.exists() else []) == before

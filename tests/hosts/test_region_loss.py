@@ -12,15 +12,18 @@ then every row the partner had is back in us-east-1 and Route 53 answers us-east
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from bulkhead.drills import fleet_workload
-from bulkhead.hosts.sandbox import Sandboxes
+from bulkhead.hosts.sandbox import Sandboxes, fabric_netns
 from bulkhead.localcloud import controller, server
 from bulkhead.localcloud.state import Store
 
@@ -107,6 +110,73 @@ def test_region_failback__the_databases_and_traffic_return_to_the_region(lost, p
     assert in_region == in_partner  # every row the partner held, and nothing else
     shown = json.loads(_bulkhead(environment, *project, "status", "show", "--json").stdout)
     assert shown["components"]["databases"] == "operational"
+
+
+def _psql(base, region: str, address: str, port: int, password: str, sql: str) -> str:
+    """One statement run from the region's bridge, as an app's connection would."""
+    command = ["ip", "netns", "exec", fabric_netns(region, base / "hosts"), "psql", "-tAc", sql,
+               f"host={address} port={port} user=postgres dbname=postgres password={password}"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_copy_archive__the_runbook_copies_what_replication_has_not_delivered(lost, project_dir):
+    report, environment, base = lost
+    project = ["--project", str(project_dir)]
+    plan, prefix = report["detail"]["plan"], report["detail"]["prefix"]
+    status = ["db", "fleet-status", "--region", "us-west-2", "--source-region", "us-east-1", "--prefix", prefix,
+              "--plan", plan, "--caught-up", "--json"]  # fmt: skip
+    assert _bulkhead(environment, *project, *status).returncode == 0
+    stacks = "us-east-1,us-west-2,global"
+    slow = _bulkhead(environment, *project, "local", "up", "--stacks", stacks, "--replication-lag", "600")
+    assert slow.returncode == 0, slow.stderr
+    try:
+        home = next(s for s in Sandboxes(base / "hosts").recorded() if s.region == "us-east-1" and s.role == "postgres")
+        _psql(
+            base,
+            "us-east-1",
+            home.address,
+            5500,
+            _password(base, report),
+            "INSERT INTO rows (n) VALUES (1000000); SELECT pg_switch_wal()",
+        )
+        behind = None
+        for _ in range(60):  # the new segment is archived in us-east-1, and replication will not carry it
+            behind = _bulkhead(environment, *project, *status)
+            if behind.returncode == 1:
+                break
+            time.sleep(1)
+        assert behind.returncode == 1 and "the replica is behind the source" in behind.stderr
+        variables = ["--var", "REGION=us-east-1", "--var", "PARTNER=us-west-2", "--var", f"PLAN={plan}",
+                     "--var", f"PREFIX={prefix}"]  # fmt: skip
+        copied = _bulkhead(environment, *project, "runbook", "run", "copy-archive", "--yes", *variables)
+        assert copied.returncode == 0, copied.stdout[-2000:] + copied.stderr[-1000:]
+        assert _bulkhead(environment, *project, *status).returncode == 0
+    finally:
+        _bulkhead(environment, *project, "local", "up", "--stacks", stacks, "--replication-lag", "2")
+
+
+def test_point_in_time_restore__a_copy_beside_the_live_database_as_it_was(lost, project_dir):
+    report, environment, base = lost
+    password = _password(base, report)
+    attempts = fleet_workload.parse(Path(report["detail"]["writer_log"]))
+    acked = fleet_workload.acknowledged(attempts)["shared-03"]
+    # A moment well before the region went, when the archive had long shipped what was written.
+    moment = report["detail"]["fault_at"] - report["bound_s"] - 6
+    when = dt.datetime.fromtimestamp(moment, dt.UTC).isoformat()
+    home = next(s for s in Sandboxes(base / "hosts").recorded() if s.region == "us-east-1" and s.role == "postgres")
+    live_before = _psql(base, "us-east-1", home.address, 5502, password, "SELECT count(*) FROM rows")
+    plan, prefix = report["detail"]["plan"], report["detail"]["prefix"]
+    variables = ["--var", "REGION=us-east-1", "--var", "DATABASE=shared-03", "--var", f"TIME={when}",
+                 "--var", f"PLAN={plan}", "--var", f"PREFIX={prefix}"]  # fmt: skip
+    done = _bulkhead(environment, "--project", str(project_dir), "runbook", "run", "point-in-time-restore", "--yes",
+                     *variables)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-1000:]
+    rows = {int(n) for n in _psql(base, "us-east-1", home.address, 5900, password, "SELECT n FROM rows").split()}
+    assert {n for n, at in acked.items() if at <= moment} <= rows  # every row acknowledged by then
+    assert not {n for n, at in acked.items() if at > moment + 1} & rows  # and nothing committed after
+    assert _psql(base, "us-east-1", home.address, 5502, password, "SELECT count(*) FROM rows") == live_before
 
 
 def _password(base, report) -> str:

@@ -167,7 +167,7 @@ def run(project_dir: Path, region: str, count: int, scratch: Path, on_step: Call
                        for e in restored["databases"]]  # fmt: skip
     report.detail = {"run": run_id, "prefix": prefix, "plan": str(plan_path), "runbook_run": done.run_id,
                      "restored_on": restored["host"], "writer_log": str(writer.log),
-                     "password_file": str(password_file),
+                     "password_file": str(password_file), "fault_at": fault_at,
                      "runbook_log": str(log_path)}  # fmt: skip
     return report
 

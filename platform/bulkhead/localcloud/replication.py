@@ -92,7 +92,16 @@ class Figures:
 
 
 class Replicator:
-    """Replicates every bucket of the platform's account, one pass per `tick`."""
+    """Replicates every bucket of the platform's account, one pass per `tick`.
+
+    Each pass lists the current objects (`list_objects_v2`): moto's `list_object_versions` copies every
+    object's data on each call and never frees it (100 MiB per listing of 100 one-MiB objects, which grew
+    moto past 20 GiB here). So the current version of each key is replicated, identified by its ETag and
+    LastModified: a key rewritten within the lag (barman writes backup.info as STARTED, then DONE) lands
+    once, as its newest content, which is what the replica must hold. A key gone from the listing is
+    looked up alone: a delete marker on top is replicated when the rule says so; a version deleted for
+    good never is.
+    """
 
     CONFIG_TTL = 5.0
 
@@ -101,8 +110,9 @@ class Replicator:
         self.lag = lag
         self.reachable = reachable
         self.figures = Figures()
-        self._done: set[tuple[str, str, str]] = set()
+        self._done: set[tuple[str, str, str]] = set()  # (bucket, key, etag@last-modified) copied
         self._seen: dict[tuple[str, str, str], float] = {}
+        self._present: dict[str, set[str]] = {}  # per bucket, the keys of the previous pass
         self._buckets: dict[str, tuple[str, list[Rule]]] = {}
         self._read_at = 0.0
         self._lock = threading.Lock()
@@ -120,33 +130,31 @@ class Replicator:
             except botocore.exceptions.ClientError:
                 continue  # no replication configuration (or gone since the listing)
             buckets[name] = (region, rules)
-        for name, (region, _) in buckets.items():
+        for name, (region, rules) in buckets.items():
             if name not in self._buckets:
-                self._seed(name, region)
+                self._seed(name, region, rules)
         self._buckets, self._read_at = buckets, now
         return buckets
 
-    def _seed(self, bucket: str, region: str) -> None:
+    def _seed(self, bucket: str, region: str, rules: list[Rule]) -> None:
         """A controller that starts again does not copy again what the destination already holds."""
-        rules = rules_of(self.s3(region).get_bucket_replication(Bucket=bucket)["ReplicationConfiguration"])
         held: dict[str, set[tuple[str, str]]] = {}
-        for version in self._versions(bucket, region, "")[0]:
-            rule = rule_for(rules, version["Key"])
+        for item in self._objects(bucket, region, ""):
+            rule = rule_for(rules, item["Key"])
             if rule is None:
                 continue
             if rule.destination not in held:
-                destination = self._versions(rule.destination, None, "")[0]
-                held[rule.destination] = {(v["Key"], v.get("ETag")) for v in destination}
-            if (version["Key"], version.get("ETag")) in held[rule.destination]:
-                self._done.add((bucket, version["Key"], version["VersionId"]))
+                held[rule.destination] = {(o["Key"], o.get("ETag")) for o in self._objects(rule.destination, None, "")}
+            if (item["Key"], item.get("ETag")) in held[rule.destination]:
+                self._done.add(_identity(bucket, item))
+        self._present[bucket] = {item["Key"] for item in self._objects(bucket, region, "")}
 
-    def _versions(self, bucket: str, region: str | None, prefix: str) -> tuple[list[dict], list[dict]]:
+    def _objects(self, bucket: str, region: str | None, prefix: str) -> list[dict]:
         client = self.s3(region or "us-east-1")
-        versions, markers = [], []
-        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
-            versions += page.get("Versions", [])
-            markers += page.get("DeleteMarkers", [])
-        return versions, markers
+        found = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            found += page.get("Contents", [])
+        return found
 
     def tick(self, now: float | None = None) -> None:
         """One pass over every replicated bucket."""
@@ -156,50 +164,64 @@ class Replicator:
             for bucket, (region, rules) in self._configurations(now).items():
                 if not rules or not self.reachable(region):
                     continue
-                for prefix in {rule.prefix for rule in rules}:
-                    pending += self._pass(bucket, region, rules, prefix, now)
+                pending += self._pass(bucket, region, rules, now)
             self.figures.pending = pending
 
-    def _pass(self, bucket: str, region: str, rules: list[Rule], prefix: str, now: float) -> int:
-        versions, markers = self._versions(bucket, region, prefix)
+    def _pass(self, bucket: str, region: str, rules: list[Rule], now: float) -> int:
+        listed = {item["Key"]: item for prefix in {rule.prefix for rule in rules}
+                  for item in self._objects(bucket, region, prefix)}  # fmt: skip
         pending = 0
-        for entry, marker in [*((v, False) for v in versions), *((m, True) for m in markers)]:
-            identity = (bucket, entry["Key"], entry["VersionId"])
-            rule = rule_for(rules, entry["Key"])
-            if identity in self._done or rule is None or (marker and not rule.delete_markers):
+        for key, item in listed.items():
+            identity = _identity(bucket, item)
+            rule = rule_for(rules, key)
+            if identity in self._done or rule is None:
                 continue
             first_seen = self._seen.setdefault(identity, now)
-            if not due(entry["LastModified"], first_seen, now, self.lag):
-                pending += 1
-                continue
-            destination_region = self._buckets.get(rule.destination, (None,))[0] or self._region_of(rule.destination)
-            if not self.reachable(destination_region):
+            destination_region = self._region_of(rule.destination)
+            if not due(item["LastModified"], first_seen, now, self.lag) or not self.reachable(destination_region):
                 pending += 1
                 continue
             try:
-                self._copy(bucket, entry, marker, rule, destination_region)
+                self._copy(bucket, key, rule, destination_region)
             except botocore.exceptions.ClientError as error:
                 self.figures.errors += 1
-                log.warning("replication failed", extra={"bucket": bucket, "key": entry["Key"], "error": str(error)})
+                log.warning("replication failed", extra={"bucket": bucket, "key": key, "error": str(error)})
                 pending += 1
                 continue
             self._done.add(identity)
-            lag = time.time() - max(entry["LastModified"].timestamp(), self._seen.pop(identity))
+            lag = time.time() - max(item["LastModified"].timestamp(), self._seen.pop(identity))
             self.figures.last_lag_s = round(lag, 3)
             self.figures.max_lag_s = max(self.figures.max_lag_s, lag)
+        for key in self._present.get(bucket, set()) - set(listed):
+            rule = rule_for(rules, key)
+            if rule is not None and rule.delete_markers and self._deleted_with_marker(bucket, region, key):
+                destination_region = self._region_of(rule.destination)
+                if not self.reachable(destination_region):
+                    pending += 1
+                    listed[key] = {}  # look again next pass
+                    continue
+                self.s3(destination_region).delete_object(Bucket=rule.destination, Key=key)
+                self.figures.markers += 1
+        self._present[bucket] = set(listed)
         return pending
 
+    def _deleted_with_marker(self, bucket: str, region: str, key: str) -> bool:
+        """The key's newest entry is a delete marker (not a version deleted for good)."""
+        answer = self.s3(region).list_object_versions(Bucket=bucket, Prefix=key, MaxKeys=10)
+        return any(m["Key"] == key and m.get("IsLatest") for m in answer.get("DeleteMarkers", []))
+
     def _region_of(self, bucket: str) -> str:
+        known = self._buckets.get(bucket)
+        if known:
+            return known[0]
         return self.s3("us-east-1").get_bucket_location(Bucket=bucket).get("LocationConstraint") or "us-east-1"
 
-    def _copy(self, bucket: str, entry: dict, marker: bool, rule: Rule, destination_region: str) -> None:
-        client = self.s3(destination_region)
-        if marker:
-            client.delete_object(Bucket=rule.destination, Key=entry["Key"])
-            self.figures.markers += 1
-            return
-        source = {"Bucket": bucket, "Key": entry["Key"], "VersionId": entry["VersionId"]}
+    def _copy(self, bucket: str, key: str, rule: Rule, destination_region: str) -> None:
         extra = {"StorageClass": rule.storage_class} if rule.storage_class else {}
-        client.copy_object(Bucket=rule.destination, Key=entry["Key"], CopySource=source, MetadataDirective="COPY",
-                           **extra)  # fmt: skip
+        self.s3(destination_region).copy_object(Bucket=rule.destination, Key=key, MetadataDirective="COPY",
+                                                CopySource={"Bucket": bucket, "Key": key}, **extra)  # fmt: skip
         self.figures.copied += 1
+
+
+def _identity(bucket: str, item: dict) -> tuple[str, str, str]:
+    return (bucket, item["Key"], f"{item.get('ETag')}@{item['LastModified'].isoformat()}")

@@ -77,3 +77,21 @@ def test_switchover_target__needs_a_running_leader():
         cluster.switchover_target(cluster.members(HEALTHY, HOSTS), "i-b")
     with pytest.raises(cluster.ClusterError, match="i-a already leads"):
         cluster.switchover_target(cluster.members(HEALTHY, HOSTS), "i-a")
+
+
+def test_expectation_problem__names_what_a_runbook_check_still_waits_for():
+    found = cluster.members(HEALTHY, HOSTS)
+    assert cluster.expectation_problem(found, leader_not="i-b", leader_outside_az="eu-west-1c",
+                                       streaming=("i-b", "i-c")) is None  # fmt: skip
+    assert cluster.expectation_problem(found, leader_not="i-a") == "i-a still leads"
+    assert cluster.expectation_problem(found, leader_outside_az="eu-west-1a") == (
+        "the leader i-a is still in eu-west-1a"
+    )
+    assert cluster.expectation_problem(found, streaming=("i-z",)) == "i-z is not a member of this cluster"
+    rebuilding = {"members": [{**m, "state": "creating replica"} if m["name"] == "i-b" else m
+                              for m in HEALTHY["members"]]}  # fmt: skip
+    assert cluster.expectation_problem(cluster.members(rebuilding, HOSTS), streaming=("i-b",)) == (
+        "i-b is replica, creating replica: not a streaming replica yet"
+    )
+    leaderless = {"members": [m for m in HEALTHY["members"] if m["role"] != "leader"]}
+    assert cluster.expectation_problem(cluster.members(leaderless, HOSTS)) == "no member leads and runs yet"

@@ -76,6 +76,23 @@ def test_replication__a_new_object_reaches_the_partner_bucket_after_the_lag(loca
     assert status["copied"] >= 1 and status["last_lag_s"] >= LAG - 0.2
 
 
+def test_replication__a_key_rewritten_within_a_second_ends_with_its_newest_version(local):
+    """barman-cloud-backup writes backup.info as STARTED, then as DONE: the replica must say DONE."""
+    store, _ = local
+    source, replica = _buckets(store)
+    east, west = (_s3(controller.front_endpoint(store.directory, r), r) for r in ("us-east-1", "us-west-2"))
+    east.put_object(Bucket=source, Key="rewritten/backup.info", Body=b"status=STARTED")
+    east.put_object(Bucket=source, Key="rewritten/backup.info", Body=b"status=DONE")
+
+    def replica_says_done() -> bool:
+        return _has(west, replica, "rewritten/backup.info") and west.get_object(
+            Bucket=replica, Key="rewritten/backup.info")["Body"].read() == b"status=DONE"  # fmt: skip
+
+    assert _wait_for(replica_says_done, timeout=LAG + 10) is not None
+    time.sleep(LAG + 1)  # and it stays so: the older version never lands on top
+    assert west.get_object(Bucket=replica, Key="rewritten/backup.info")["Body"].read() == b"status=DONE"
+
+
 def test_replication__delete_markers_follow_the_rule(local):
     store, _ = local
     source, replica = _buckets(store)
