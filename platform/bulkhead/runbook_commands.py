@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         book.index(args.from_step)
     directory = project.state_dir(project_dir, "runbooks")
     if args.dry_run:
-        print("\n".join(runbook_run.dry_run(book, book.resolve(given), args.from_step)))
+        print("\n".join(runbook_run.dry_run(book, book.resolve(given), args.from_step, directory)))
         return 0
     if not args.yes and not sys.stdin.isatty():
         raise UsageError("confirming each changing step needs a terminal; pass --yes to run unattended, or --dry-run")

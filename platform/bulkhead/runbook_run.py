@@ -81,9 +81,14 @@ def new_run(book: Book, values: dict[str, str]) -> Run:
     return Run(run_id, book.name, values, RUNNING, time.time(), steps)
 
 
-def dry_run(book: Book, values: dict[str, str], start: str | None = None) -> list[str]:
+def dry_run(book: Book, values: dict[str, str], start: str | None = None, state_dir: Path | None = None) -> list[str]:
     """Every step from `start` with its variables filled in; runs nothing and writes nothing."""
     first = book.index(start) if start else 0
+    values = {
+        **values,
+        "RUNBOOK_RUN_ID": f"{book.name}-RUN",
+        "RUNBOOK_STATE_DIR": str(state_dir or ".bulkhead/runbooks"),
+    }
     lines, section = [f"{book.title} (dry run: nothing is run)"], None
     for step in book.steps[first:]:
         if step.section != section:
