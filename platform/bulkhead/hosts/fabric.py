@@ -221,10 +221,10 @@ class _Relay(socketserver.BaseRequestHandler):
         upstream.settimeout(None)
         pumps = [threading.Thread(target=pump, args=pair, daemon=True)
                  for pair in ((self.request, upstream), (upstream, self.request))]  # fmt: skip
-        for pump in pumps:
-            pump.start()
-        for pump in pumps:
-            pump.join()
+        for thread in pumps:
+            thread.start()
+        for thread in pumps:
+            thread.join()
         upstream.close()
 
 
