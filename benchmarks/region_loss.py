@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=20)
     parser.add_argument("--skip-drill", action="store_true", help="only the small restores")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=max(120, Console().width))
     if not args.skip_drill:
         report = drill(args.databases, console)
         first, every = report["rto_s"]["first_paying"], report["rto_s"]["all"]
