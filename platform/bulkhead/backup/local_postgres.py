@@ -56,7 +56,11 @@ class PgServer:
              remote_password_auth: bool = False, initdb_args: tuple[str, ...] = ()) -> None:  # fmt: skip
         """initdb (trust on this machine's loopback), archiving into `archive`; with `remote_password_auth`,
         clients from anywhere else may connect with a password."""
-        as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres", *initdb_args)
+        made = as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres",
+                           *initdb_args, check=False)  # fmt: skip
+        if made.returncode != 0:
+            said = [line for line in (made.stderr + made.stdout).splitlines() if line.strip()] or ["no output"]
+            raise LocalPostgresError(f"initdb of {self.data_dir} failed: {said[-1].strip()}")
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\n".join(conf_lines({**server_settings(archive, archive_timeout), **(settings or {})})) + "\n")
         if remote_password_auth:
