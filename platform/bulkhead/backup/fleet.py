@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import multiprocessing
 import os
 import shutil
@@ -29,10 +30,11 @@ import yaml
 
 from bulkhead import clock
 from bulkhead.backup import base_backup
-from bulkhead.backup.local_postgres import PgServer, as_postgres
+from bulkhead.backup.local_postgres import LocalPostgresError, PgServer, as_postgres
 from bulkhead.backup.restore import restore_fleet
 from bulkhead.backup.settings import Archive, BackupError, conf_lines, server_settings
 
+log = logging.getLogger("bulkhead.db")
 DEFAULT_ROOT = Path("/var/lib/bulkhead/fleet")
 DEFAULT_BASE_PORT = 5500
 # Small: a shared server holds many of them. 1 MiB WAL segments, not 16: a quiet database's archive_timeout
@@ -99,8 +101,7 @@ def create(databases: list[Database], root: Path, archive_base: str, endpoint: s
         if (server.data_dir / "PG_VERSION").exists() and _serving(server):
             made.append({"name": database.name, "port": database.port, "created": False})
             continue
-        shutil.rmtree(server.data_dir, ignore_errors=True)
-        server.init(archive, archive_timeout, settings=SETTINGS, remote_password_auth=True, initdb_args=INITDB_ARGS)
+        _initdb(server, archive, archive_timeout)
         server.start(listen=listen, environment=environment)
         server.wait_until_primary(timeout=60)
         with server.connect() as connection:
@@ -114,6 +115,23 @@ def create(databases: list[Database], root: Path, archive_base: str, endpoint: s
         if entry["created"]:
             entry["backup_id"] = base_backup.backup(archive, "127.0.0.1", database.port, "postgres", jobs=1).backup_id
     return made
+
+
+def _initdb(server: PgServer, archive: Archive, archive_timeout: int) -> None:
+    """initdb, tried a second time after a failure: one initdb of twenty failed once in a CI run, for a
+    reason its lost message did not say; the first failure is logged with what initdb said."""
+    for attempt in (1, 2):
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+        try:
+            server.init(archive, archive_timeout, settings=SETTINGS, remote_password_auth=True,
+                        initdb_args=INITDB_ARGS)  # fmt: skip
+            return
+        except LocalPostgresError as error:
+            if attempt == 2:
+                raise
+            log.warning("initdb failed; trying once more", extra={"data_dir": str(server.data_dir),
+                                                                   "error": str(error)})  # fmt: skip
+            time.sleep(2)
 
 
 def _system_identifier(server: PgServer) -> str | None:
