@@ -28,15 +28,20 @@ def _finish(args: argparse.Namespace, report: Report) -> int:
                  "new_leader", "failed_over"):  # fmt: skip
         value = getattr(report, name)
         table.add_row(name, "-" if value is None else str(value))
-    steps = Table(title="steps")
-    steps.add_column("step")
-    steps.add_column("seconds", justify="right")
-    for entry in report.steps:
-        steps.add_row(entry["name"], f"{entry['seconds']:.1f}")
-    console = Console()
-    console.print(table)
-    console.print(steps)
+    _print(table, report.steps)
     return 0
+
+
+def _print(figures: Table, steps: list[dict]) -> None:
+    """A drill's figures, then each step with its seconds."""
+    table = Table(title="steps")
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    for entry in steps:
+        table.add_row(entry["name"], f"{entry['seconds']:.1f}")
+    console = Console()
+    console.print(figures)
+    console.print(table)
 
 
 def _progress(args: argparse.Namespace):
@@ -81,14 +86,7 @@ def cmd_region_loss(args: argparse.Namespace) -> int:
             ("dns_after", report.dns_after)]  # fmt: skip
     for name, value in rows:
         table.add_row(name, "-" if value is None else str(value))
-    steps = Table(title="steps")
-    steps.add_column("step")
-    steps.add_column("seconds", justify="right")
-    for entry in report.steps:
-        steps.add_row(entry["name"], f"{entry['seconds']:.1f}")
-    console = Console()
-    console.print(table)
-    console.print(steps)
+    _print(table, report.steps)
     return 0
 
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from bulkhead import project, runbook, runbook_run
 from bulkhead.drills.report import Report
@@ -87,7 +87,13 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
     raise DrillError(f"{what} did not happen within {timeout:.0f} s")
 
 
-def stepper(report: Report, on_step: Callable[[str], None] | None) -> Callable[[str], None]:
+class Steps(Protocol):
+    """A report that records its steps' seconds (a database drill's, the region-loss drill's)."""
+
+    def step(self, name: str, seconds: float) -> None: ...
+
+
+def stepper(report: Steps, on_step: Callable[[str], None] | None) -> Callable[[str], None]:
     """`step(name)` records the seconds since the previous step in `report` and tells `on_step`."""
     last = [time.monotonic()]
 

@@ -21,7 +21,7 @@ from bulkhead import dns, project, runbook, runbook_run, topology
 from bulkhead.backup.fleet import Database, write_plan
 from bulkhead.backup.fleet_region import RegionFleet
 from bulkhead.drills import fleet_report, fleet_workload
-from bulkhead.drills.common import DrillError, wait_until
+from bulkhead.drills.common import DrillError, stepper, wait_until
 from bulkhead.hosts import converge, inventory
 from bulkhead.hosts.sandbox import HostSpec, Sandboxes
 from bulkhead.localcloud import cloud, controller, server
@@ -93,14 +93,7 @@ def run(project_dir: Path, region: str, count: int, scratch: Path, on_step: Call
         concurrency: int | None = None) -> fleet_report.RegionLossReport:  # fmt: skip
     region, partner, name = regions(project_dir, region)
     report = fleet_report.RegionLossReport(region, partner, count)
-    last = [time.monotonic()]
-
-    def step(what: str) -> None:
-        now = time.monotonic()
-        report.step(what, now - last[0])
-        last[0] = now
-        if on_step:
-            on_step(what)
+    step = stepper(report, on_step)
 
     ensure_hosts(project_dir, [region, partner], step)
     wait_until(lambda: answer(project_dir, name).region == region, DNS_TIMEOUT, f"Route 53 answering {region}")
