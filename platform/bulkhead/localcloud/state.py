@@ -113,8 +113,9 @@ class Store:
 
     def forget_stacks(self) -> None:
         """Drop every stack's state and outputs (the resources are gone with the server that held them)."""
+        # The server's and the controller's records are not stacks: dropping them would orphan the processes.
         for path in [*self.directory.glob("*.state.json"), *self.directory.glob("*.json")]:
-            if path.name != "server.json":
+            if path.name not in ("server.json", "controller.json", "controller-config.json"):
                 path.unlink(missing_ok=True)
 
     def clear(self) -> None:
