@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,20 @@ def stage(reach: Reach, spared_az: str | None) -> Stage:
                          "probe through; run `bulkhead hosts up` for every host")  # fmt: skip
     url = reach.read_file(dynos[0], URL_FILE).strip()
     return Stage(found, cluster.leader(found), dynos[0], routers, url)  # type: ignore[arg-type]
+
+
+def wipe(directory: Path, timeout: float = 10.0) -> None:
+    """Remove `directory` and everything under it while a running server still writes there, as a lost
+    volume takes it. A file the server creates between rmtree's listing and its rmdir (a new WAL segment)
+    leaves a directory "not empty"; the next pass removes it. Once the directory itself is gone, nothing
+    can be created in it any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shutil.rmtree(directory, ignore_errors=True)
+        if not directory.exists():
+            return
+        if time.monotonic() > deadline:
+            raise DrillError(f"{directory} could not be removed in {timeout:.0f} s; see what still writes there")
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> float:

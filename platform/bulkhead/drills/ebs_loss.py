@@ -4,7 +4,6 @@ gives up the leader key, another member takes over, and the lost member is rebui
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import yaml
@@ -19,6 +18,7 @@ from bulkhead.drills.common import (
     stage,
     stepper,
     wait_until,
+    wipe,
 )
 from bulkhead.drills.report import Report
 from bulkhead.ha.reach import Reach
@@ -45,7 +45,7 @@ def run(reach: Reach, scratch, on_step=None, project_dir=None) -> Report:
             raise DrillError(f"the writer on {ready.writer_host.name} or the prober did not get going")
         step("writer and prober running")
         # The volume is gone: every file under PGDATA, removed beneath the running server.
-        shutil.rmtree(reach.sandboxes.root(host) / data_dir.lstrip("/"))
+        wipe(reach.sandboxes.root(host) / data_dir.lstrip("/"))
         fault_at = time.time()
         step(f"wiped {data_dir} on {host.name}")
         run_runbook("ebs-loss", {"REGION": reach.region, "MEMBER": host.name}, scratch, step,
