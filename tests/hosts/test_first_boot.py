@@ -152,9 +152,9 @@ def test_first_boot__wal_lands_in_the_archive_and_base_backups_run_on_schedule(b
                           "SELECT pg_walfile_name(pg_switch_wal())")  # fmt: skip
     segment = switched.stdout.strip()
     deadline = time.monotonic() + 60
-    while not any(key.endswith(f"/{segment}.gz") for key in booted.archive()) and time.monotonic() < deadline:
+    while not any(key.endswith(f"/{segment}.lz4") for key in booted.archive()) and time.monotonic() < deadline:
         time.sleep(1)
-    assert any(key.endswith(f"/{segment}.gz") for key in booted.archive()), f"{segment} was not archived in 60 s"
+    assert any(key.endswith(f"/{segment}.lz4") for key in booted.archive()), f"{segment} was not archived in 60 s"
     # The stack sets the schedule short: the first backup at once (there was none), the next one interval later.
     deadline = time.monotonic() + 3 * BACKUP_INTERVAL
     while time.monotonic() < deadline:

@@ -13,10 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from bulkhead import clock
-from bulkhead.backup import base_backup, catalog, copy, fleet_commands, restore
+from bulkhead.backup import archive_lag, base_backup, catalog, copy, fleet_commands, restore, shipper
 from bulkhead.backup.decisions import seconds_until_due
 from bulkhead.backup.settings import (
     DEFAULT_ARCHIVE_TIMEOUT,
+    DEFAULT_MAX_PARALLEL,
+    WAL_COMPRESSION,
     Archive,
     BackupError,
     conf_lines,
@@ -30,6 +32,16 @@ def _archive(args: argparse.Namespace, url: str | None = None, endpoint: str | N
     return Archive(url or args.archive, args.server, endpoint if url else args.endpoint_url)
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 1 or more")
+    return number
+
+
 def _target_time(value: str) -> dt.datetime:
     try:
         return clock.parse_utc(value)
@@ -39,7 +51,7 @@ def _target_time(value: str) -> dt.datetime:
 
 def cmd_archive_command(args: argparse.Namespace) -> int:
     archive = _archive(args)
-    settings = server_settings(archive, args.archive_timeout)
+    settings = server_settings(archive, args.archive_timeout, args.max_parallel)
     if args.json:
         # For Patroni: restore_command belongs in its recovery settings, not with the server's parameters.
         restore = settings.pop("restore_command")
@@ -47,6 +59,26 @@ def cmd_archive_command(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2, sort_keys=True))
         return 0
     print("\n".join(conf_lines(settings)))
+    return 0
+
+
+def cmd_archive_wal(args: argparse.Namespace) -> int:
+    """archive_command's Python path: exit 0 only once S3 has the file (PostgreSQL retries otherwise)."""
+    shipper.archive_wal(args.wal_path, _archive(args), WAL_COMPRESSION, args.max_parallel, args.linger, args.timeout)
+    return 0
+
+
+def cmd_archive_status(args: argparse.Namespace) -> int:
+    lag = archive_lag.archive_lag(f"host={args.host} port={args.port} user={args.user} dbname=postgres")
+    if args.json:
+        print(json.dumps(lag.as_dict(), indent=2))
+        return 0
+    if lag.role == "replica":
+        print(f"{args.host}:{args.port} is a replica: its primary archives the WAL")
+        return 0
+    failed = f"; {lag.failed_count} failed attempts, last on {lag.last_failed_wal}" if lag.failed_count else ""
+    print(f"writing {lag.current_wal}, last archived {lag.last_archived_wal or '(none yet)'}: "
+          f"{lag.lag_segments} segments and {lag.lag_seconds:.1f} s behind{failed}")  # fmt: skip
     return 0
 
 
@@ -172,11 +204,40 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--archive-timeout", type=int, default=DEFAULT_ARCHIVE_TIMEOUT, help="seconds; bounds data lost (default 60)"
     )
     command.add_argument(
+        "--max-parallel",
+        type=_positive,
+        default=DEFAULT_MAX_PARALLEL,
+        help=f"WAL segments shipped at once while the archive is behind (default {DEFAULT_MAX_PARALLEL})",
+    )
+    command.add_argument(
         "--json",
         action="store_true",
         help="print {parameters, restore_command, replica_command} for Patroni (replica_command builds a member "
         "from the newest base backup: append the data directory)",
     )
+    wal = verb(
+        "archive-wal",
+        "what archive_command runs when a segment's marker is not there yet: start the WAL shipper (it ships "
+        "the ready segments, --max-parallel at a time) and exit 0 once S3 has WAL_PATH (run in the data directory)",
+        cmd_archive_wal,
+    )
+    wal.add_argument("wal_path", help="the WAL file, relative to the data directory (archive_command's %%p)")
+    wal.add_argument("--max-parallel", type=_positive, default=DEFAULT_MAX_PARALLEL, help="segments shipped at once")
+    wal.add_argument("--linger", type=float, default=shipper.DEFAULT_LINGER,
+                     help="seconds the shipper waits for more WAL before it exits (default %(default)s)")  # fmt: skip
+    wal.add_argument("--timeout", type=float, default=300, help="seconds to wait for this segment (default 300)")
+    status = verbs.add_parser(
+        "archive-status",
+        help="how far a server's WAL archive is behind: segments finished but not archived, and for how long",
+        description="Read the archive lag from the server itself (pg_stat_archiver and its archive_status "
+        "directory): any PostgreSQL 15, with or without Patroni. Needs a superuser or pg_monitor.",
+    )
+    status.add_argument("--host", required=True, help="PostgreSQL host or socket directory")
+    status.add_argument("--port", type=int, default=5432)
+    status.add_argument("--user", default="postgres", help="a superuser or a member of pg_monitor (default postgres)")
+    status.add_argument("--json", action="store_true",
+                        help="print {current_wal, last_archived_wal, lag_segments, lag_seconds, ...}")  # fmt: skip
+    status.set_defaults(handler=cmd_archive_status)
     backup_parser = verb("backup", "take a base backup (checks that WAL archiving works first)", cmd_backup)
     backup_parser.add_argument("--host", required=True, help="PostgreSQL host (the backup runs on the database host)")
     backup_parser.add_argument("--port", type=int, default=5432)

@@ -6,7 +6,6 @@ talks to S3 and turns botocore's failures into one line that says what to fix.
 
 from __future__ import annotations
 
-import gzip
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,10 +93,9 @@ class ArchiveStore:
 
     def readable_segment(self, item: StoredObject, segment_size: int) -> bool:
         """A segment is readable when it downloads and decompresses to a whole segment of `segment_size`."""
-        body = self.read(item.key)
         try:
-            data = gzip.decompress(body) if item.key.endswith(".gz") else body
-        except (OSError, EOFError):
+            data = decompress_wal(item.key, self.read(item.key))
+        except (OSError, EOFError, RuntimeError, ValueError):
             return False
         return len(data) == segment_size
 
@@ -106,3 +104,19 @@ class ArchiveStore:
             self.s3.upload_fileobj(io.BytesIO(body), self.archive.bucket, key)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self.explain(error) from None
+
+
+# The suffixes barman-cloud gives compressed WAL, and its names for the compressions.
+_COMPRESSIONS = {"gz": "gzip", "bz2": "bzip2", "xz": "xz", "snappy": "snappy", "zst": "zstd", "lz4": "lz4"}
+
+
+def decompress_wal(key: str, body: bytes) -> bytes:
+    """An archived WAL file's content, decompressed by barman-cloud's own code as its suffix says."""
+    from barman.clients.cloud_compression import decompress_to_file
+
+    suffix = key.rsplit(".", 1)[-1]
+    if suffix not in _COMPRESSIONS:
+        return body
+    content = io.BytesIO()
+    decompress_to_file(io.BytesIO(body), content, _COMPRESSIONS[suffix])
+    return content.getvalue()
