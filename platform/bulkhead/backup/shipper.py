@@ -44,7 +44,14 @@ from pathlib import Path
 
 from barman import xlog
 
-from bulkhead.backup.settings import DEFAULT_MAX_PARALLEL, Archive, BackupError, tool_environment
+from bulkhead.backup.settings import (
+    DEFAULT_MAX_PARALLEL,
+    WAL_COMPRESSION,
+    WAL_COMPRESSION_LEVEL,
+    Archive,
+    BackupError,
+    tool_environment,
+)
 
 log = logging.getLogger("bulkhead.db.archive")
 
@@ -216,11 +223,12 @@ class Uploader:
         from barman.clients import cloud_walarchive
         from barman.cloud_providers import get_cloud_interface
 
-        arguments = [*archive.tool_args(), f"--{compression}", archive.url, archive.server]
+        level = ["--compression-level", WAL_COMPRESSION_LEVEL] if compression == WAL_COMPRESSION else []
+        arguments = [*archive.tool_args(), f"--{compression}", *level, archive.url, archive.server]
         self.config = cloud_walarchive.parse_arguments(arguments)
         self.cloud = get_cloud_interface(self.config)
         self.barman = cloud_walarchive.CloudWalUploader(
-            self.cloud, archive.server, compression=self.config.compression, compression_level=None
+            self.cloud, archive.server, self.config.compression, self.config.compression_level
         )
 
     def key(self, path: Path) -> str:
@@ -312,11 +320,14 @@ class Shipper:
             log.warning("a .ready entry names no WAL file; skipped", extra={"entry": f"{STATUS_DIR}/{entry}"})
 
     def run(self) -> int:
-        """Ship until idle; return how many segments were shipped."""
+        """Ship until nothing has moved for `linger` seconds (no new segment, no upload done); return how many
+        segments were shipped. A shipper that only fails (S3 down) exits too: PostgreSQL's next retry starts
+        another, so none is left behind by a server that went away."""
         signal.signal(signal.SIGTERM, self._stop)
         shipped = 0
-        idle_since = time.monotonic()
+        progress = time.monotonic()
         last_prune = 0.0
+        seen: set[str] = set()
         in_flight: dict[Future, str] = {}
         with ThreadPoolExecutor(self.max_parallel, thread_name_prefix="ship") as pool:
             while True:
@@ -325,7 +336,11 @@ class Shipper:
                     break
                 now = time.monotonic()
                 busy = set(in_flight.values())
-                for name in ready_segments(self.data_dir, self._junk):
+                ready = ready_segments(self.data_dir, self._junk)
+                if not seen.issuperset(ready):
+                    progress = now
+                    seen = set(ready)
+                for name in ready:
                     if len(in_flight) >= self.max_parallel or self._stopping:
                         break
                     if name in busy or self.ledger.marker(name) or self._retry_at.get(name, (0, 0))[0] > now:
@@ -334,10 +349,11 @@ class Shipper:
                 if in_flight:
                     done, _ = wait(in_flight, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
                     for future in done:
-                        shipped += self._settle(in_flight.pop(future), future)
-                    idle_since = time.monotonic()
+                        if self._settle(in_flight.pop(future), future):
+                            shipped += 1
+                            progress = time.monotonic()
                     continue
-                if self._stopping or time.monotonic() - idle_since > self.linger:
+                if self._stopping or time.monotonic() - progress > self.linger:
                     break
                 if time.monotonic() - last_prune > 10:
                     self.ledger.prune()

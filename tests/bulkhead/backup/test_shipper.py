@@ -300,3 +300,31 @@ def test_two_archivers__racing_for_one_segment_both_succeed_and_other_content_is
     done = _archive_wal(_node_with(workdir, "node-3", segment, bytes(other)), archive, f"pg_wal/{segment}")
     assert done.returncode != 0 and _said(done, "already in the archive with other content")
     assert _content(s3, archive, archived[f"{segment}.lz4"]["Key"]) == content
+
+
+def test_s3_down__a_shipper_that_only_fails_goes_away_and_the_next_call_starts_another(workdir, archive):
+    # Given a node whose archive does not answer at all
+    segment = "000000010000000000000003"
+    node = _node_with(workdir, "node-down", segment, _whole_segment(segment))
+    down = Archive(archive.url, archive.server, "http://127.0.0.1:9")
+    # When archive_command's Python path runs
+    done = _archive_wal(node, down, f"pg_wal/{segment}")
+    # Then it fails with the shipper's reason, and the shipper, making no progress, is gone after its linger
+    assert done.returncode != 0 and _said(done, f"upload of {segment} failed")
+    ledger = shipper.Ledger(node, down)
+    deadline = time.monotonic() + 20
+    while shipper.shipper_running(ledger) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not shipper.shipper_running(ledger)
+    # And once the archive answers, the next call ships it
+    assert _archive_wal(node, archive, f"pg_wal/{segment}").returncode == 0
+    assert shipper.Ledger(node, archive).marker(segment)
+
+
+def _whole_segment(name: str) -> bytes:
+    """A 1 MiB segment whose first page header is PostgreSQL 15's for `name` (the rest zeros)."""
+    import struct
+
+    start = int(name[8:16], 16) * 2**32 + int(name[16:24], 16) * SEGMENT
+    head = struct.pack("=HHIQI", 0xD110, 0x0002, 1, start, 0) + b"\0" * 4 + struct.pack("=QII", 7, SEGMENT, 8192)
+    return head + b"\0" * (SEGMENT - len(head))
