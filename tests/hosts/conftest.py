@@ -101,16 +101,18 @@ def site(project_dir, tmp_path_factory):
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
-    """A failed test on the site shows the end of every member's Patroni and backup logs beside its traceback."""
+    """A failed test on the site shows the end of every member's Patroni, backup and PostgreSQL logs beside its
+    traceback."""
     report = yield
     site = item.funcargs.get("site") if report.when == "call" and report.failed else None
     if isinstance(site, Site):
         for spec in site.of_role("postgres"):
-            for name in ("patroni.log", "base-backup.log"):
+            for name in ("patroni.log", "base-backup.log", "postgresql.json"):
                 path = site.sandboxes.root(spec) / "var/log/bulkhead/postgresql" / name
                 try:
                     lines = [line for line in path.read_text(errors="replace").splitlines() if "no action" not in line]
                 except OSError as error:
                     lines = [str(error)]
-                report.sections.append((f"{name} of {spec.name} ({spec.az})", "\n".join(lines[-25:])))
+                tail = "\n".join(line[:400] for line in lines[-25:])
+                report.sections.append((f"{name} of {spec.name} ({spec.az})", tail))
     return report

@@ -15,6 +15,7 @@ from bulkhead.drills.common import (
     run_runbook,
     stage,
     stepper,
+    still_healthy,
     wait_until,
 )
 from bulkhead.drills.report import Report
@@ -44,6 +45,7 @@ def run(reach: Reach, az: str | None, scratch, on_step=None, project_dir=None) -
             raise DrillError(f"the writer on {ready.writer_host.name} or the prober did not get going; see "
                              f"{writes.log} and {probes.log}")  # fmt: skip
         step("writer and prober running")
+        still_healthy(reach)
         powered_off = True
         for host in victims:
             reach.sandboxes.power_off(host)

@@ -102,6 +102,15 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
     raise DrillError(f"{what} did not happen within {timeout:.0f} s")
 
 
+def still_healthy(reach: Reach, timeout: float = 60) -> None:
+    """Wait until the cluster is healthy again, right before the fault: the writer has been running, and a
+    replica that restarted meanwhile (one the previous drill powered back on) leaves the leader without a
+    synchronous standby. In Patroni's non-strict synchronous mode the leader then acknowledges commits alone,
+    and a fault in that moment loses them: a real window, but not the fault this drill is about."""
+    wait_until(lambda: healthy_problem(reach.cluster(), synchronous_mode(reach)) is None, timeout,
+               "a healthy cluster with a synchronous replica, before the fault")  # fmt: skip
+
+
 class Steps(Protocol):
     """A report that records its steps' seconds (a database drill's, the region-loss drill's)."""
 

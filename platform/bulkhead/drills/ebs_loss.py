@@ -17,6 +17,7 @@ from bulkhead.drills.common import (
     run_runbook,
     stage,
     stepper,
+    still_healthy,
     wait_until,
     wipe,
 )
@@ -44,6 +45,7 @@ def run(reach: Reach, scratch, on_step=None, project_dir=None) -> Report:
         if not (writes.wait_for(20, timeout=60) and probes.wait_for(5, timeout=60)):
             raise DrillError(f"the writer on {ready.writer_host.name} or the prober did not get going")
         step("writer and prober running")
+        still_healthy(reach)
         # The volume is gone: every file under PGDATA, removed beneath the running server.
         wipe(reach.sandboxes.root(host) / data_dir.lstrip("/"))
         fault_at = time.time()
