@@ -101,12 +101,12 @@ def run_one(label: str, command: str, workdir: Path, archive: Archive, rows: int
         at_end = archive_lag(pg.conninfo)
         shipper_cpu = 0.0
         while archive_lag(pg.conninfo).lag_segments > 0:
-            pid = _shipper_pid(pg, archive)
+            pid = shipper.shipper_pid(shipper.Ledger(pg.data_dir, archive))
             if pid:
                 shipper_cpu = max(shipper_cpu, _cpu_seconds(pid, children=False))
             time.sleep(0.05)
         caught_up_s = time.perf_counter() - started
-        pid = _shipper_pid(pg, archive)
+        pid = shipper.shipper_pid(shipper.Ledger(pg.data_dir, archive))
         if pid:
             shipper_cpu = max(shipper_cpu, _cpu_seconds(pid, children=False))
         cpu = _cpu_seconds(archiver, children=True) - before_cpu + shipper_cpu
@@ -124,16 +124,6 @@ def run_one(label: str, command: str, workdir: Path, archive: Archive, rows: int
         }
     finally:
         pg.stop()
-
-
-def _shipper_pid(pg: PgServer, archive: Archive) -> int | None:
-    ledger = shipper.Ledger(pg.data_dir, archive)
-    if not shipper.shipper_running(ledger):
-        return None
-    try:
-        return int(ledger.lock_path.read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
 
 
 def _way(label: str, archive: Archive, max_parallel: int) -> str:

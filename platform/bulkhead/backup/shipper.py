@@ -416,6 +416,16 @@ def shipper_running(ledger: Ledger) -> bool:
         os.close(descriptor)
 
 
+def shipper_pid(ledger: Ledger) -> int | None:
+    """The running shipper's process id (it writes it into its lock file), or None when none runs."""
+    if not shipper_running(ledger):
+        return None
+    try:
+        return int(ledger.lock_path.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
 def start_shipper(data_dir: Path, archive: Archive, compression: str, max_parallel: int, linger: float) -> bool:
     """Fork a detached shipper (its own session: PostgreSQL's signals to the archiver do not reach it).
     Returns True when one is running afterwards, started here or already there."""

@@ -120,16 +120,6 @@ def test_bulk_load__every_segment_lands_and_a_restore_has_every_row(servers, arc
     assert _restore_rows(servers, archive, workdir, "restored") == 200_000
 
 
-def _shipper_pid(pg, archive: Archive) -> int | None:
-    ledger = _ledger(pg, archive)
-    if not shipper.shipper_running(ledger):
-        return None
-    try:
-        return int(ledger.lock_path.read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
-
-
 def test_sigkill__the_shipper_killed_mid_batch_loses_nothing(servers, archive, s3, workdir):
     pg = _server(servers, archive)
     base_backup.backup(archive, "127.0.0.1", pg.port, "postgres", jobs=2, timeout=300)
@@ -139,7 +129,7 @@ def test_sigkill__the_shipper_killed_mid_batch_loses_nothing(servers, archive, s
     # When the shipper is SIGKILLed while segments are waiting, twice
     deadline = time.monotonic() + 60
     while len(kills) < 2 and time.monotonic() < deadline:
-        pid = _shipper_pid(pg, archive)
+        pid = shipper.shipper_pid(_ledger(pg, archive))
         if pid and shipper.ready_segments(pg.data_dir):
             os.kill(pid, signal.SIGKILL)
             kills.append(len(shipper.ready_segments(pg.data_dir)))
