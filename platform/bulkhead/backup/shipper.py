@@ -28,7 +28,6 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from bulkhead.backup.settings import (
     BackupError,
     tool_environment,
 )
+from bulkhead.backup.store import decompress_wal
 
 log = logging.getLogger("bulkhead.db.archive")
 
@@ -275,15 +275,9 @@ class Uploader:
 
     def _same_as_archived(self, path: Path, key: str) -> None:
         """Another archiver shipped this name first: fine if it is the same WAL, a conflict otherwise."""
-        archived = io.BytesIO()
         with self.cloud.remote_open(key) as stream:
-            archived.write(stream.read())
-        archived.seek(0)
-        from barman.clients.cloud_compression import decompress_to_file
-
-        content = io.BytesIO()
-        decompress_to_file(archived, content, self.config.compression)
-        if content.getvalue() != path.read_bytes():
+            archived = stream.read()
+        if decompress_wal(key, archived) != path.read_bytes():
             raise ArchiveConflict(
                 f"{key} is already in the archive with other content: two servers wrote WAL {path.name}; "
                 "find which is on the wrong timeline before archiving resumes"
