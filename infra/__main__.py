@@ -13,6 +13,7 @@ import pulumi_aws as aws
 
 from bulkhead import status_page, topology
 from components.alerting import Alerting, AlertingArgs
+from components.baseline import AccountBaseline, AccountBaselineArgs
 from components.control_rods import ControlRods, ControlRodsArgs
 from components.data import Postgres, PostgresArgs
 from components.dns import GlobalTraffic, GlobalTrafficArgs, RegionEndpoint
@@ -34,7 +35,9 @@ def read_config(keys: tuple[str, ...]) -> dict[str, str | None]:
 
 
 def region_stack(spec: topology.RegionSpec) -> None:
-    tags = {"bulkhead:stack": spec.stack, "bulkhead:region": spec.region}
+    tags = {"bulkhead:stack": spec.stack, "bulkhead:region": spec.region, "bulkhead:owner": spec.owner}
+    account_id = aws.get_caller_identity_output().account_id
+    AccountBaseline(spec.name, AccountBaselineArgs(region=spec.region))
     image = aws.ec2.get_ami_output(
         most_recent=True,
         owners=[spec.image_owner],
@@ -44,7 +47,15 @@ def region_stack(spec: topology.RegionSpec) -> None:
         ],
     )
     network = RegionNetwork(
-        spec.name, RegionNetworkArgs(region=spec.region, cidr=spec.vpc_cidr, subnets=spec.subnets(), tags=tags)
+        spec.name,
+        RegionNetworkArgs(
+            region=spec.region,
+            cidr=spec.vpc_cidr,
+            subnets=spec.subnets(),
+            platform_buckets=[spec.archive_bucket],
+            account_id=account_id,
+            tags=tags,
+        ),
     )
     mesh = RoutingMesh(
         spec.name,
@@ -103,6 +114,7 @@ def region_stack(spec: topology.RegionSpec) -> None:
             base_backup_interval_seconds=spec.base_backup_interval_seconds,
             synchronous_commit=spec.synchronous_commit,
             maximum_lag_on_failover=spec.maximum_lag_on_failover,
+            account_id=account_id,
             ansible_repo=spec.ansible_repo,
             ansible_ref=spec.ansible_ref,
             tags=tags,
@@ -144,6 +156,8 @@ def global_stack(spec: topology.GlobalSpec) -> None:
             role_arn=spec.status_role_arn,
             bucket_name=spec.status_domain.replace(".", "-"),
             page_html=status_page.render(f"{spec.domain} status"),
+            platform_account_id=aws.get_caller_identity_output().account_id,
+            tags={"bulkhead:owner": spec.owner},
         ),
     )
     pulumi.export("zoneId", traffic.zone_id)

@@ -25,13 +25,19 @@ class AlarmRule:
     periods: int = 3
     # A router or archiver that stops reporting is as alarming as one reporting trouble.
     missing_data: str = "breaching"
+    # The service whose health this alarm watches (`bulkhead check` wants one per service).
+    service: str = ""
 
 
 ALARMS = (
-    AlarmRule("router-5xx", "Bulkhead/Router", "Http5xx", threshold=50, statistic="Sum"),
+    AlarmRule("router-5xx", "Bulkhead/Router", "Http5xx", threshold=50, statistic="Sum", service="router"),
     AlarmRule("dyno-boot-time-p95", "Bulkhead/Runtime", "DynoBootSeconds", threshold=30, extended_statistic="p95",
-              periods=2, missing_data="notBreaching"),
-    AlarmRule("wal-archive-lag", "Bulkhead/Postgres", "WalArchiveLagSeconds", threshold=300, statistic="Maximum"),
+              periods=2, missing_data="notBreaching", service="dyno_host"),
+    AlarmRule("wal-archive-lag", "Bulkhead/Postgres", "WalArchiveLagSeconds", threshold=300, statistic="Maximum",
+              service="postgres"),
+    # Three members keep a quorum through one loss; the first unhealthy member is the warning.
+    AlarmRule("etcd-unhealthy-members", "Bulkhead/Postgres", "EtcdUnhealthyMembers", threshold=0,
+              statistic="Maximum", periods=2, missing_data="notBreaching", service="etcd"),
 )  # fmt: skip
 
 
@@ -73,7 +79,7 @@ class Alerting(pulumi.ComponentResource):
                 treat_missing_data=rule.missing_data,
                 alarm_actions=[topic.arn],
                 ok_actions=[topic.arn],
-                tags=args.tags,
+                tags={**args.tags, "bulkhead:service": rule.service},
                 opts=child,
             )
         self.topic_arn = topic.arn

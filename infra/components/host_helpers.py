@@ -14,12 +14,20 @@ import pulumi_aws as aws
 
 from bulkhead.rods import RODS, parameter_name
 
+# Instance roles trust EC2 alone. No aws:SourceAccount condition: EC2 does not send that key when it
+# assumes a role for an instance profile (IAM's confused-deputy guidance lists the services that do), so
+# the condition would only lock every host out of its own role.
 EC2_ASSUME_ROLE = json.dumps(
     {
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
     }
 )
+
+
+# Debian's AMIs boot from /dev/xvda.
+ROOT_DEVICE = "/dev/xvda"
+ROOT_VOLUME_GIB = 20
 
 
 def host_tags(role: str, region: str, az: str | None = None, **extra: str) -> dict[str, str]:
@@ -30,12 +38,26 @@ def host_tags(role: str, region: str, az: str | None = None, **extra: str) -> di
     return tags
 
 
+def instance_role(name: str, parent: pulumi.Resource, tags: Mapping[str, str]) -> aws.iam.Role:
+    """A role that EC2 instances, and nothing else, may assume."""
+    return aws.iam.Role(
+        name, assume_role_policy=EC2_ASSUME_ROLE, tags=dict(tags), opts=pulumi.ResourceOptions(parent=parent)
+    )
+
+
 def instance_profile(
-    name: str, policy: pulumi.Input[str], parent: pulumi.Resource, tags: Mapping[str, str]
+    name: str,
+    policy: pulumi.Input[str],
+    parent: pulumi.Resource,
+    tags: Mapping[str, str],
+    role: aws.iam.Role | None = None,
 ) -> aws.iam.InstanceProfile:
-    """An instance role holding only `policy`, wrapped in an instance profile."""
+    """An instance role holding only `policy`, wrapped in an instance profile.
+
+    Pass `role` when something else (a KMS key policy) must name the role before its policy exists.
+    """
     opts = pulumi.ResourceOptions(parent=parent)
-    role = aws.iam.Role(name, assume_role_policy=EC2_ASSUME_ROLE, tags=dict(tags), opts=opts)
+    role = role or instance_role(name, parent, tags)
     aws.iam.RolePolicy(name, role=role.id, policy=policy, opts=opts)
     return aws.iam.InstanceProfile(name, role=role.name, tags=dict(tags), opts=opts)
 
@@ -59,6 +81,15 @@ def launch_template(
         iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
         vpc_security_group_ids=security_group_ids,
         user_data=user_data_base64,
+        # The root volume is encrypted by the template itself, not only by the region's EBS default.
+        block_device_mappings=[
+            aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                device_name=ROOT_DEVICE,
+                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                    encrypted="true", volume_type="gp3", volume_size=ROOT_VOLUME_GIB, delete_on_termination="true"
+                ),
+            )
+        ],
         # Tags in the metadata service: a first boot learns its role and AZ from them, with no API call.
         metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
             http_tokens="required", http_endpoint="enabled", instance_metadata_tags="enabled"

@@ -91,7 +91,7 @@ class RoutingMesh(pulumi.ComponentResource):
             profile=profile,
             security_group_ids=[router_group.id],
             user_data_base64=bootstrap.user_data_base64("router", facts, args.ansible_repo, args.ansible_ref),
-            tags=host_tags("router", args.region),
+            tags={**args.tags, **host_tags("router", args.region)},
             parent=self,
         )
         for az, subnet_id in args.private_subnet_ids.items():
@@ -101,7 +101,7 @@ class RoutingMesh(pulumi.ComponentResource):
                 template=template,
                 size=args.routers_per_az,
                 max_size=args.routers_per_az * 3,
-                tags=host_tags("router", args.region, az),
+                tags={**args.tags, **host_tags("router", args.region, az)},
                 target_group_arns=[group.arn for group in target_groups],
                 warm_pool=aws.autoscaling.GroupWarmPoolArgs(
                     pool_state="Stopped",

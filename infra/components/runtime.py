@@ -106,7 +106,7 @@ class DynoCell(pulumi.ComponentResource):
                 args.ansible_repo,
                 args.ansible_ref,
             ),
-            tags=host_tags("dyno_host", args.region, cell=cell),
+            tags={**args.tags, **host_tags("dyno_host", args.region, cell=cell)},
             parent=self,
         )
         for az, subnet_id in args.private_subnet_ids.items():
@@ -116,7 +116,7 @@ class DynoCell(pulumi.ComponentResource):
                 template=template,
                 size=args.hosts_per_az,
                 max_size=args.hosts_per_az * 4,
-                tags=host_tags("dyno_host", args.region, az, cell=cell),
+                tags={**args.tags, **host_tags("dyno_host", args.region, az, cell=cell)},
                 parent=self,
             )
         self.security_group_id = group.id

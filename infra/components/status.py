@@ -7,11 +7,17 @@ account and region than the platform, and its page embeds every byte it shows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 
+# The one role in the status account that the platform may assume (the alerting agent's heartbeat); the
+# policy rules know it by this name.
+HEARTBEAT_ROLE = "bulkhead-heartbeat"
+HEARTBEAT_NAMESPACE = "Bulkhead/Heartbeat"
+# CloudFront publishes its metrics in us-east-1 only.
+CLOUDFRONT_METRICS_REGION = "us-east-1"
 # AWS's managed "CachingOptimized" cache policy.
 CACHING_OPTIMIZED_POLICY = "658327ea-f89d-4fab-a63d-7e88639e58f6"
 
@@ -24,6 +30,9 @@ class StatusSiteArgs:
     role_arn: str | None
     bucket_name: str
     page_html: str
+    # The platform's account: its instance roles may assume the heartbeat role in the status account.
+    platform_account_id: pulumi.Input[str]
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 class StatusSite(pulumi.ComponentResource):
@@ -41,7 +50,8 @@ class StatusSite(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         child = pulumi.ResourceOptions(parent=self, provider=provider)
-        bucket = aws.s3.Bucket(name, bucket=args.bucket_name, opts=child)
+        tags = {**args.tags, "bulkhead:service": "status_site"}
+        bucket = aws.s3.Bucket(name, bucket=args.bucket_name, tags=tags, opts=child)
         aws.s3.BucketPublicAccessBlock(
             name,
             bucket=bucket.id,
@@ -84,6 +94,7 @@ class StatusSite(pulumi.ComponentResource):
                 geo_restriction=aws.cloudfront.DistributionRestrictionsGeoRestrictionArgs(restriction_type="none")
             ),
             viewer_certificate=aws.cloudfront.DistributionViewerCertificateArgs(cloudfront_default_certificate=True),
+            tags=tags,
             opts=child,
         )
         aws.s3.BucketPolicy(
@@ -115,6 +126,87 @@ class StatusSite(pulumi.ComponentResource):
             cache_control="max-age=30",
             opts=child,
         )
+        self._alarm(name, args, distribution, tags)
+        self._heartbeat_role(name, args, provider, tags)
         self.bucket = bucket.bucket
         self.distribution_domain = distribution.domain_name
         self.register_outputs({"bucket": bucket.bucket, "distributionDomain": distribution.domain_name})
+
+    def _alarm(
+        self, name: str, args: StatusSiteArgs, distribution: aws.cloudfront.Distribution, tags: dict[str, str]
+    ) -> None:
+        """The site's own health alarm, in the status account: errors served at the edge."""
+        provider = aws.Provider(
+            f"{name}-metrics",
+            region=CLOUDFRONT_METRICS_REGION,
+            assume_roles=[aws.ProviderAssumeRoleArgs(role_arn=args.role_arn)] if args.role_arn else None,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        topic = aws.sns.Topic(f"{name}-alarms", kms_master_key_id="alias/aws/sns", tags=tags, opts=child)
+        aws.cloudwatch.MetricAlarm(
+            f"{name}-5xx",
+            name=f"{name}-5xx",
+            namespace="AWS/CloudFront",
+            metric_name="5xxErrorRate",
+            dimensions={"DistributionId": distribution.id, "Region": "Global"},
+            statistic="Average",
+            period=300,
+            evaluation_periods=2,
+            threshold=5,
+            comparison_operator="GreaterThanThreshold",
+            treat_missing_data="notBreaching",
+            alarm_actions=[topic.arn],
+            ok_actions=[topic.arn],
+            tags=tags,
+            opts=child,
+        )
+
+    def _heartbeat_role(self, name: str, args: StatusSiteArgs, provider: aws.Provider, tags: dict[str, str]) -> None:
+        """The one cross-account trust: platform instance roles put heartbeat metrics here, and nothing else."""
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        role = aws.iam.Role(
+            f"{name}-heartbeat",
+            name=HEARTBEAT_ROLE,
+            assume_role_policy=pulumi.Output.json_dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {
+                                "AWS": pulumi.Output.concat("arn:aws:iam::", args.platform_account_id, ":root")
+                            },
+                            "Action": "sts:AssumeRole",
+                            "Condition": {
+                                "ArnLike": {
+                                    "aws:PrincipalArn": pulumi.Output.concat(
+                                        "arn:aws:iam::", args.platform_account_id, ":role/bulkhead-*"
+                                    )
+                                }
+                            },
+                        }
+                    ],
+                }
+            ),
+            tags=tags,
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-heartbeat",
+            role=role.id,
+            policy=pulumi.Output.json_dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": "cloudwatch:PutMetricData",
+                            "Resource": "*",
+                            "Condition": {"StringEquals": {"cloudwatch:namespace": HEARTBEAT_NAMESPACE}},
+                        }
+                    ],
+                }
+            ),
+            opts=child,
+        )

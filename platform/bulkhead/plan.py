@@ -50,6 +50,8 @@ class PlanMocks(pulumi.runtime.Mocks):
             state.update(zone_id=f"Z{unique.upper()}", name_servers=[f"ns-{i}.awsdns.example" for i in range(4)])
         elif args.typ == "aws:cloudfront/distribution:Distribution":
             state.update(domain_name=f"d{unique[:13]}.cloudfront.net")
+        elif args.typ == "aws:ec2/vpc:Vpc":
+            state.update(default_network_acl_id=f"acl-{unique}", default_security_group_id=f"sg-{unique}")
         elif args.typ == "aws:ec2/instance:Instance":
             state.update(private_ip=f"10.0.{int(unique[:2], 16)}.{int(unique[2:4], 16) % 250 + 4}")
         return f"{args.name}-{unique[:8]}", state
@@ -57,6 +59,8 @@ class PlanMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": "ami-0plan0000000000", "architecture": "x86_64", "name": "debian-12-amd64-plan"}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"id": ACCOUNT, "accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/plan", "userId": "PLAN"}
         raise NotImplementedError(f"the plan mocks do not answer {args.token}; add it to PlanMocks.call")
 
 

@@ -49,7 +49,7 @@ REGION_KEYS = (
     "bulkhead:postgresInstanceType", "bulkhead:imageOwner", "bulkhead:imageNamePattern", "bulkhead:ansibleRepo",
     "bulkhead:ansibleRef",
     "bulkhead:alertEmail", "bulkhead:archiveRetentionDays", "bulkhead:baseBackupIntervalSeconds",
-    "bulkhead:synchronousCommit", "bulkhead:maximumLagOnFailover",
+    "bulkhead:synchronousCommit", "bulkhead:maximumLagOnFailover", "bulkhead:owner",
 )  # fmt: skip
 # Where each AZ's database member lives, counted back from the top of its private subnet: fixed, so that
 # the etcd members can name their peers before any instance exists, and far from where EC2 (and moto,
@@ -58,7 +58,10 @@ DATABASE_ADDRESS_FROM_TOP = 10
 GLOBAL_KEYS = (
     "bulkhead:domain", "bulkhead:primaryRegion", "bulkhead:secondaryRegion", "bulkhead:services",
     "bulkhead:stackOrganization", "bulkhead:statusRegion", "bulkhead:statusRoleArn", "bulkhead:statusDomain",
+    "bulkhead:owner",
 )  # fmt: skip
+# Who is paged for a service: every service's resources carry it as their `bulkhead:owner` tag.
+DEFAULT_OWNER = "platform-oncall"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class RegionSpec:
     synchronous_commit: bool = True
     # Patroni's maximum_lag_on_failover, in bytes: a replica further behind is never promoted.
     maximum_lag_on_failover: int = 1048576
+    owner: str = DEFAULT_OWNER
 
     def database_members(self) -> dict[str, str]:
         """AZ -> the private address of that AZ's PostgreSQL + etcd member: one per AZ, so losing one keeps a quorum."""
@@ -144,6 +148,7 @@ class GlobalSpec:
     status_region: str
     status_role_arn: str | None
     status_domain: str
+    owner: str = DEFAULT_OWNER
 
     def region_stack_name(self, region: str) -> str:
         """The fully qualified name of a region stack, as a StackReference wants it."""
@@ -264,6 +269,7 @@ def region_spec(stack: str, raw: Mapping[str, Any], peer_cidrs: Mapping[str, str
         maximum_lag_on_failover=_int(
             stack, "bulkhead:maximumLagOnFailover", _or(raw, "bulkhead:maximumLagOnFailover", 1048576), minimum=0
         ),
+        owner=str(raw.get("bulkhead:owner") or DEFAULT_OWNER),
     )
 
 
@@ -331,6 +337,7 @@ def global_spec(raw: Mapping[str, Any], region_stacks: Mapping[str, str]) -> Glo
         status_region=status_region,
         status_role_arn=(str(raw["bulkhead:statusRoleArn"]) if raw.get("bulkhead:statusRoleArn") else None),
         status_domain=str(raw.get("bulkhead:statusDomain") or f"status.{domain}"),
+        owner=str(raw.get("bulkhead:owner") or DEFAULT_OWNER),
     )
 
 

@@ -45,15 +45,21 @@ def _status_resources(run: StackRun):
 
 def test_global_stack__status_site_is_built_through_its_own_provider_in_another_region(global_run, config):
     _, resources = _status_resources(global_run)
-    (provider,) = [r for r in resources if r.type == "pulumi:providers:aws"]
-    assert provider.inputs["region"] == config["bulkhead:statusRegion"]
+    providers = {r.urn: r for r in resources if r.type == "pulumi:providers:aws"}
     # The engine hands providers their nested inputs as JSON strings.
-    assert json.loads(provider.inputs["assumeRoles"])[0]["roleArn"] == config["bulkhead:statusRoleArn"]
-    platform_regions = {config["bulkhead:primaryRegion"], config["bulkhead:secondaryRegion"]}
-    assert provider.inputs["region"] not in platform_regions
+    assert all(json.loads(p.inputs["assumeRoles"])[0]["roleArn"] == config["bulkhead:statusRoleArn"]
+               for p in providers.values()), "everything of the site is in the status account"  # fmt: skip
     built = [r for r in resources if r.custom and r.type != "pulumi:providers:aws"]
     assert {r.type for r in built} >= {"aws:s3/bucket:Bucket", "aws:cloudfront/distribution:Distribution"}
-    assert all(r.provider.rsplit("::", 1)[0] == provider.urn for r in built)
+    assert all(r.provider.rsplit("::", 1)[0] in providers for r in built)
+    site = [r for r in built if r.type in ("aws:s3/bucket:Bucket", "aws:cloudfront/distribution:Distribution")]
+    (site_provider,) = {providers[r.provider.rsplit("::", 1)[0]].urn for r in site}
+    assert providers[site_provider].inputs["region"] == config["bulkhead:statusRegion"]
+    platform_regions = {config["bulkhead:primaryRegion"], config["bulkhead:secondaryRegion"]}
+    assert providers[site_provider].inputs["region"] not in platform_regions
+    # The site's alarm reads CloudFront's metrics, which exist in us-east-1 only: still the status account.
+    (alarm,) = [r for r in built if r.type == "aws:cloudwatch/metricAlarm:MetricAlarm"]
+    assert providers[alarm.provider.rsplit("::", 1)[0]].inputs["region"] == "us-east-1"
 
 
 def test_global_stack__status_site_references_nothing_of_the_region_stacks(global_run, planned):

@@ -51,6 +51,7 @@ COMPONENT_TYPES = {
     "bulkhead:data:Postgres",
     "bulkhead:ops:ControlRods",
     "bulkhead:ops:Alerting",
+    "bulkhead:security:AccountBaseline",
 }
 
 
@@ -241,7 +242,12 @@ def test_region_stack__every_alarm_notifies_the_topic(region):
     _, run = region
     (topic,) = run.of_type("aws:sns/topic:Topic")
     alarms = run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
-    assert {a.inputs["metricName"] for a in alarms} == {"Http5xx", "DynoBootSeconds", "WalArchiveLagSeconds"}
+    assert {a.inputs["metricName"] for a in alarms} == {
+        "Http5xx",
+        "DynoBootSeconds",
+        "WalArchiveLagSeconds",
+        "EtcdUnhealthyMembers",
+    }
     for alarm in alarms:
         assert alarm.inputs["alarmActions"] == [topic.state["arn"]]
 

@@ -110,6 +110,12 @@ class MotoMocks(pulumi.runtime.Mocks):
                 raise self.fault from error
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            region, role = self._target_of(args.provider)
+            with self._lock:
+                identity = self.aws.client("sts", region, role).get_caller_identity()
+            return {"id": identity["Account"], "accountId": identity["Account"], "arn": identity["Arn"],
+                    "userId": identity["UserId"]}  # fmt: skip
         if args.token != "aws:ec2/getAmi:getAmi":
             raise LocalCloudError(f"the local cloud does not answer the call {args.token}; add it to MotoMocks.call")
         region, role = self._target_of(args.provider)

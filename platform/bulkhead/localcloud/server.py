@@ -94,6 +94,9 @@ def running(directory: Path) -> ServerInfo | None:
     return None
 
 
+MOTO_MAIN = "from bulkhead.localcloud.moto_ec2 import main; main()"
+
+
 def start(directory: Path, port: int | None = None, environment: dict[str, str] | None = None) -> ServerInfo:
     """Start a detached moto server on 127.0.0.1 and wait until it answers; `environment` adds moto settings."""
     if port is not None and port_in_use(port):
@@ -104,7 +107,8 @@ def start(directory: Path, port: int | None = None, environment: dict[str, str] 
     # Moto's image catalogue gets the Debian 12 images the program looks up, as AWS publishes them.
     environment = {**os.environ, "MOTO_AMIS_PATH": str(AMIS), **(environment or {})}
     process = subprocess.Popen(
-        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(chosen)],
+        # moto's server, with EC2's launch behaviour that moto lacks (see `moto_ec2`).
+        [sys.executable, "-c", MOTO_MAIN, "-H", "127.0.0.1", "-p", str(chosen)],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -110,7 +110,11 @@ def test_up__archive_bucket_is_versioned_encrypted_and_replicated_to_the_partner
     bucket = outputs["archiveBucket"]
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
     rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
-    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    key = clients("kms", region).describe_key(KeyId=rules[0]["ApplyServerSideEncryptionByDefault"]["KMSMasterKeyID"])
+    assert key["KeyMetadata"]["KeyManager"] == "CUSTOMER"
+    lock = s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
+    assert lock["Rule"]["DefaultRetention"]["Mode"] == "GOVERNANCE"
     block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
     assert all(block.values())
     replication = s3.get_bucket_replication(Bucket=bucket)["ReplicationConfiguration"]

@@ -88,4 +88,4 @@ def aws_tags(inputs: Inputs) -> list[dict[str, str]]:
 
 def _load_all() -> None:
     # Importing the modules registers their translators.
-    from bulkhead.localcloud.translators import edge, network, ops, storage  # noqa: F401
+    from bulkhead.localcloud.translators import edge, network, ops, security, storage  # noqa: F401

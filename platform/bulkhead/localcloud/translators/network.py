@@ -21,7 +21,18 @@ def _vpc(target: Target, inputs: Inputs) -> tuple[str, State]:
             ec2.modify_vpc_attribute(VpcId=vpc["VpcId"], **{attribute[0].upper() + attribute[1:]: {"Value": True}})
     _tag(target, vpc["VpcId"], inputs)
     arn = f"arn:aws:ec2:{target.region}:{vpc['OwnerId']}:vpc/{vpc['VpcId']}"
-    return vpc["VpcId"], {**inputs, "arn": arn, "ownerId": vpc["OwnerId"]}
+    in_vpc = [{"Name": "vpc-id", "Values": [vpc["VpcId"]]}]
+    (acl,) = ec2.describe_network_acls(Filters=[*in_vpc, {"Name": "default", "Values": ["true"]}])["NetworkAcls"]
+    (group,) = ec2.describe_security_groups(Filters=[*in_vpc, {"Name": "group-name", "Values": ["default"]}])[
+        "SecurityGroups"
+    ]
+    return vpc["VpcId"], {
+        **inputs,
+        "arn": arn,
+        "ownerId": vpc["OwnerId"],
+        "defaultNetworkAclId": acl["NetworkAclId"],
+        "defaultSecurityGroupId": group["GroupId"],
+    }
 
 
 register("aws:ec2/vpc:Vpc", _vpc, lambda t, i, s: t.client("ec2").delete_vpc(VpcId=i))
@@ -113,6 +124,7 @@ def _endpoint(target: Target, inputs: Inputs) -> tuple[str, State]:
         ServiceName=inputs["serviceName"],
         VpcEndpointType=inputs.get("vpcEndpointType", "Gateway"),
         RouteTableIds=list(inputs.get("routeTableIds") or []),
+        **({"PolicyDocument": inputs["policy"]} if inputs.get("policy") else {}),
     )["VpcEndpoint"]
     return endpoint["VpcEndpointId"], dict(inputs)
 
@@ -212,7 +224,26 @@ def _launch_template_data(inputs: Inputs) -> dict:
         data["IamInstanceProfile"] = {"Arn": inputs["iamInstanceProfile"]["arn"]}
     if inputs.get("metadataOptions"):
         data["MetadataOptions"] = _metadata_options(inputs["metadataOptions"])
+    if inputs.get("blockDeviceMappings"):
+        data["BlockDeviceMappings"] = [
+            {"DeviceName": mapping["deviceName"], "Ebs": _ebs(mapping.get("ebs") or {})}
+            for mapping in inputs["blockDeviceMappings"]
+        ]
     return data
+
+
+def _ebs(ebs: Inputs) -> dict:
+    """A block device's EBS settings as the EC2 API takes them (the program gives booleans as strings)."""
+    converted: dict = {}
+    for key, argument in (("encrypted", "Encrypted"), ("deleteOnTermination", "DeleteOnTermination")):
+        if key in ebs:
+            converted[argument] = str(ebs[key]).lower() == "true"
+    for key, argument in (("volumeType", "VolumeType"), ("kmsKeyId", "KmsKeyId")):
+        if ebs.get(key):
+            converted[argument] = ebs[key]
+    if ebs.get("volumeSize"):
+        converted["VolumeSize"] = int(ebs["volumeSize"])
+    return converted
 
 
 def _launch_template(target: Target, inputs: Inputs) -> tuple[str, State]:
@@ -334,6 +365,9 @@ def _instance(target: Target, inputs: Inputs) -> tuple[str, State]:
         request["IamInstanceProfile"] = {"Name": inputs["iamInstanceProfile"]}
     if inputs.get("metadataOptions"):
         request["MetadataOptions"] = _metadata_options(inputs["metadataOptions"])
+    if inputs.get("rootBlockDevice"):
+        request["BlockDeviceMappings"] = [{"DeviceName": _root_device(target, inputs["ami"]),
+                                           "Ebs": _ebs(inputs["rootBlockDevice"])}]  # fmt: skip
     (instance,) = target.client("ec2").run_instances(**request)["Instances"]
     return instance["InstanceId"], {
         **inputs,
@@ -341,6 +375,11 @@ def _instance(target: Target, inputs: Inputs) -> tuple[str, State]:
         "availabilityZone": instance["Placement"]["AvailabilityZone"],
         "arn": f"arn:aws:ec2:{target.region}::instance/{instance['InstanceId']}",
     }
+
+
+def _root_device(target: Target, image_id: str) -> str:
+    (image,) = target.client("ec2").describe_images(ImageIds=[image_id])["Images"]
+    return image.get("RootDeviceName") or "/dev/xvda"
 
 
 def _update_instance(target: Target, instance_id: str, old: Inputs, new: Inputs, state: State) -> State:

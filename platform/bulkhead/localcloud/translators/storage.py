@@ -93,12 +93,19 @@ def enforceable_policy(policy: str) -> tuple[str | None, list[str]]:
 
     moto checks bucket policies on object requests but ignores their Condition blocks (its IAM code
     says so), so a conditional Deny, such as "deny unless TLS", would deny every request. Such
-    statements are left out of what moto enforces; the policy tests prove them under mocks instead.
+    statements are left out of what moto enforces; `bulkhead check --live` reads them from the local
+    cloud's record of what was declared instead. A conditional Allow is kept: ignoring its condition
+    only widens what a service principal may do, and S3 itself reads such statements (the log
+    delivery grant a logging target needs).
     """
     document = json.loads(policy)
-    kept = [st for st in document.get("Statement", []) if "Condition" not in st]
+
+    def unenforceable(statement: dict) -> bool:
+        return "Condition" in statement and statement.get("Effect") == "Deny"
+
+    kept = [st for st in document.get("Statement", []) if not unenforceable(st)]
     skipped = [
-        st.get("Sid", f"statement {i}") for i, st in enumerate(document.get("Statement", [])) if "Condition" in st
+        st.get("Sid", f"statement {i}") for i, st in enumerate(document.get("Statement", [])) if unenforceable(st)
     ]
     return (json.dumps({**document, "Statement": kept}) if kept else None), skipped
 
@@ -135,6 +142,8 @@ def _lifecycle(target: Target, inputs: Inputs) -> tuple[str, State]:
             "Status": rule["status"],
             "Filter": {"Prefix": _prefix(rule)},
         }
+        if rule.get("expiration"):
+            converted["Expiration"] = {"Days": int(rule["expiration"]["days"])}
         if rule.get("noncurrentVersionExpiration"):
             converted["NoncurrentVersionExpiration"] = {
                 "NoncurrentDays": int(rule["noncurrentVersionExpiration"]["noncurrentDays"])
@@ -157,6 +166,16 @@ register(
 )
 
 
+def _destination(destination: Inputs) -> dict:
+    converted = {"Bucket": destination["bucket"]}
+    if destination.get("storageClass"):
+        converted["StorageClass"] = destination["storageClass"]
+    key = (destination.get("encryptionConfiguration") or {}).get("replicaKmsKeyId")
+    if key:
+        converted["EncryptionConfiguration"] = {"ReplicaKmsKeyID": key}
+    return converted
+
+
 def _replication(target: Target, inputs: Inputs) -> tuple[str, State]:
     rules = [
         {
@@ -167,14 +186,13 @@ def _replication(target: Target, inputs: Inputs) -> tuple[str, State]:
             "DeleteMarkerReplication": {
                 "Status": (rule.get("deleteMarkerReplication") or {}).get("status", "Disabled")
             },
-            "Destination": {
-                "Bucket": rule["destination"]["bucket"],
-                **(
-                    {"StorageClass": rule["destination"]["storageClass"]}
-                    if rule["destination"].get("storageClass")
-                    else {}
-                ),
-            },
+            "Destination": _destination(rule["destination"]),
+            **(
+                {"SourceSelectionCriteria": {"SseKmsEncryptedObjects": {"Status": "Enabled"}}}
+                if ((rule.get("sourceSelectionCriteria") or {}).get("sseKmsEncryptedObjects") or {}).get("status")
+                == "Enabled"
+                else {}
+            ),
         }
         for index, rule in enumerate(inputs["rules"])
     ]
@@ -188,6 +206,47 @@ register(
     "aws:s3/bucketReplicationConfig:BucketReplicationConfig",
     _replication,
     lambda t, i, s: t.client("s3").delete_bucket_replication(Bucket=i),
+)
+
+
+def _object_lock(target: Target, inputs: Inputs) -> tuple[str, State]:
+    configuration: dict = {"ObjectLockEnabled": inputs.get("objectLockEnabled", "Enabled")}
+    retention = (inputs.get("rule") or {}).get("defaultRetention")
+    if retention:
+        configuration["Rule"] = {
+            "DefaultRetention": {
+                "Mode": retention["mode"],
+                **({"Days": int(retention["days"])} if retention.get("days") else {"Years": int(retention["years"])}),
+            }
+        }
+    target.client("s3").put_object_lock_configuration(Bucket=inputs["bucket"], ObjectLockConfiguration=configuration)
+    return inputs["bucket"], dict(inputs)
+
+
+def _unlock(target: Target, bucket: str, state: State) -> None:
+    # As on AWS, a bucket's object lock cannot be turned off: only its default retention goes.
+    target.client("s3").put_object_lock_configuration(
+        Bucket=bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"}
+    )
+
+
+register("aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration", _object_lock, _unlock)
+
+
+def _logging(target: Target, inputs: Inputs) -> tuple[str, State]:
+    target.client("s3").put_bucket_logging(
+        Bucket=inputs["bucket"],
+        BucketLoggingStatus={
+            "LoggingEnabled": {"TargetBucket": inputs["targetBucket"], "TargetPrefix": inputs.get("targetPrefix", "")}
+        },
+    )
+    return inputs["bucket"], dict(inputs)
+
+
+register(
+    "aws:s3/bucketLogging:BucketLogging",
+    _logging,
+    lambda t, i, s: t.client("s3").put_bucket_logging(Bucket=i, BucketLoggingStatus={}),
 )
 
 

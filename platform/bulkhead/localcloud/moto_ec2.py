@@ -1,0 +1,64 @@
+"""What EC2 does at launch that moto does not, applied to the moto server the local cloud starts.
+
+As EC2 does, and moto 5 does not:
+- an instance launched from a launch template (an Auto Scaling group's) gets the template's metadata
+  options, so a template that requires IMDSv2 yields instances that require it;
+- the root volume sits at the image's root device name, and a template's mapping of that device is
+  the root volume (moto adds a second, default one at /dev/sda1);
+- with EBS encryption by default on in a region, every new volume there is encrypted; and a
+  template's `Encrypted: false` is false (moto reads the string "false" as true).
+Only launch is touched; every API answer is moto's own. `bulkhead check --live` reads what this
+produces, so that what is checked is what EC2 would have launched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def apply() -> None:
+    """Patch moto's EC2 models in this process (the moto server's)."""
+    from moto.ec2.models import elastic_block_store, instances
+
+    instance_init = instances.Instance.__init__
+
+    def init(self, ec2_backend, image_id, user_data, security_groups, **kwargs):
+        template = kwargs.get("launch_template")
+        mapped: set[str] = set()
+        if template:
+            data = ec2_backend._get_template_from_args(template).data
+            if data.get("MetadataOptions") and not kwargs.get("metadata_options"):
+                kwargs["metadata_options"] = data["MetadataOptions"]
+            mapped = {m.get("DeviceName") for m in data.get("BlockDeviceMappings") or []}
+        mapped |= {m.get("DeviceName") for m in kwargs.get("block_device_mappings") or []}
+        self._bulkhead_mapped_devices = mapped
+        instance_init(self, ec2_backend, image_id, user_data, security_groups, **kwargs)
+
+    def setup_defaults(self) -> None:
+        if self.root_device_name in getattr(self, "_bulkhead_mapped_devices", set()):
+            return  # the template's or the request's mapping of the root device is the root volume
+        volume = self.ec2_backend.create_volume(size=8, zone_name=self._placement.zone)
+        self.ec2_backend.attach_volume(volume.id, self.id, self.root_device_name, True)
+
+    create_volume = elastic_block_store.EBSBackend.create_volume
+
+    def create(self, *args: Any, **kwargs: Any):
+        encrypted = _truthy(kwargs.get("encrypted", False)) or bool(getattr(self, "ebs_encryption_by_default", False))
+        kwargs["encrypted"] = encrypted
+        return create_volume(self, *args, **kwargs)
+
+    instances.Instance.__init__ = init
+    instances.Instance.setup_defaults = setup_defaults
+    elastic_block_store.EBSBackend.create_volume = create
+
+
+def main() -> None:
+    """moto's server, with EC2's launch behaviour applied."""
+    apply()
+    from moto.server import main as moto_main
+
+    moto_main()
