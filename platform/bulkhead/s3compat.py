@@ -1,14 +1,16 @@
 """What boto3 (and barman-cloud, which uses it) needs to talk to an S3 store other than AWS's.
 
-Newer boto3 sends and checks CRC checksums on every request by default; stores other than AWS, the
-local cloud's moto among them, may refuse or mangle those. With a custom endpoint they are sent and
-checked only when an operation requires them.
+Uploads always carry a checksum (boto3's CRC32, sent as `x-amz-sdk-checksum-algorithm`): an
+object-locked bucket refuses a write with neither that nor Content-MD5, on AWS and in moto alike,
+and the archive buckets are object-locked. Responses are checked only when an operation requires
+it: stores other than AWS, the local cloud's moto among them, do not return checksums for every
+object (multipart uploads), and boto3 would reject those answers.
 """
 
 from __future__ import annotations
 
 CHECKSUM_ENVIRONMENT = {
-    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_supported",
     "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
 }
 

@@ -33,13 +33,13 @@ def test_write_json__replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
     assert os.listdir(path.parent) == ["x.json"]
 
 
-def test_s3compat__checksums_only_when_required_for_a_custom_endpoint_and_untouched_for_aws():
+def test_s3compat__uploads_carry_checksums_responses_checked_when_required_and_aws_untouched():
     assert s3compat.environment("http://127.0.0.1:5000") == {
-        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_supported",
         "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
     }
     assert s3compat.client_settings("http://127.0.0.1:5000") == {
-        "request_checksum_calculation": "when_required",
+        "request_checksum_calculation": "when_supported",
         "response_checksum_validation": "when_required",
     }
     assert s3compat.environment(None) == {} and s3compat.client_settings(None) == {}

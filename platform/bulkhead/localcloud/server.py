@@ -94,7 +94,7 @@ def running(directory: Path) -> ServerInfo | None:
     return None
 
 
-MOTO_MAIN = "from bulkhead.localcloud.moto_ec2 import main; main()"
+MOTO_MAIN = "from bulkhead.localcloud.moto_gaps import main; main()"
 
 
 def start(directory: Path, port: int | None = None, environment: dict[str, str] | None = None) -> ServerInfo:
@@ -107,7 +107,7 @@ def start(directory: Path, port: int | None = None, environment: dict[str, str] 
     # Moto's image catalogue gets the Debian 12 images the program looks up, as AWS publishes them.
     environment = {**os.environ, "MOTO_AMIS_PATH": str(AMIS), **(environment or {})}
     process = subprocess.Popen(
-        # moto's server, with EC2's launch behaviour that moto lacks (see `moto_ec2`).
+        # moto's server, with EC2's launch behaviour that moto lacks (see `moto_gaps`).
         [sys.executable, "-c", MOTO_MAIN, "-H", "127.0.0.1", "-p", str(chosen)],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -1,4 +1,7 @@
-"""What EC2 does at launch that moto does not, applied to the moto server the local cloud starts.
+"""What AWS does that moto does not, applied to the moto server the local cloud starts.
+
+As S3 does, and moto 5 does not: an object completed by a multipart upload into a bucket with a
+default retention gets that retention, as a single PUT does (barman's base backups are multipart).
 
 As EC2 does, and moto 5 does not:
 - an instance launched from a launch template (an Auto Scaling group's) gets the template's metadata
@@ -7,7 +10,7 @@ As EC2 does, and moto 5 does not:
   the root volume (moto adds a second, default one at /dev/sda1);
 - with EBS encryption by default on in a region, every new volume there is encrypted; and a
   template's `Encrypted: false` is false (moto reads the string "false" as true).
-Only launch is touched; every API answer is moto's own. `bulkhead check --live` reads what this
+Only launch and upload completion are touched; every API answer is moto's own. `bulkhead check --live` reads what this
 produces, so that what is checked is what EC2 would have launched.
 """
 
@@ -21,7 +24,28 @@ def _truthy(value: Any) -> bool:
 
 
 def apply() -> None:
-    """Patch moto's EC2 models in this process (the moto server's)."""
+    """Patch moto's models in this process (the moto server's)."""
+    _apply_ec2()
+    _apply_s3()
+
+
+def _apply_s3() -> None:
+    from moto.s3.models import S3Backend
+
+    complete = S3Backend.complete_multipart_upload
+
+    def complete_with_retention(self, bucket_name: str, multipart_id: str, body: Any):
+        key = complete(self, bucket_name, multipart_id, body)
+        bucket = self.get_bucket(bucket_name)
+        if key is not None and not key.lock_mode and bucket.default_lock_mode:
+            key.lock_mode = bucket.default_lock_mode
+            key.lock_until = bucket.default_retention()
+        return key
+
+    S3Backend.complete_multipart_upload = complete_with_retention
+
+
+def _apply_ec2() -> None:
     from moto.ec2.models import elastic_block_store, instances
 
     instance_init = instances.Instance.__init__
