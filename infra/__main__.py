@@ -157,7 +157,7 @@ def global_stack(spec: topology.GlobalSpec) -> None:
             bucket_name=spec.status_domain.replace(".", "-"),
             page_html=status_page.render(f"{spec.domain} status"),
             platform_account_id=aws.get_caller_identity_output().account_id,
-            tags={"bulkhead:owner": spec.owner},
+            tags={"bulkhead:stack": topology.GLOBAL_STACK, "bulkhead:owner": spec.owner},
         ),
     )
     pulumi.export("zoneId", traffic.zone_id)

@@ -175,7 +175,7 @@ class Postgres(pulumi.ComponentResource):
     ) -> tuple[aws.s3.Bucket, aws.s3.BucketVersioning]:
         """A private bucket: versioned, KMS-encrypted, TLS-only, object-locked, access-logged, expiring."""
         opts = pulumi.ResourceOptions(parent=self, provider=provider)
-        tags = self._args.tags
+        tags = {**self._args.tags, "bulkhead:purpose": "wal-archive"}
         bucket = aws.s3.Bucket(bucket_name, bucket=bucket_name, force_destroy=False, tags=tags, opts=opts)
         versioning = aws.s3.BucketVersioning(
             bucket_name,
@@ -262,7 +262,8 @@ class Postgres(pulumi.ComponentResource):
     def _access_logs(self, bucket_name: str, bucket: aws.s3.Bucket, opts: pulumi.ResourceOptions) -> None:
         """S3 server access logs of an archive bucket, into a log bucket of its own in the same region."""
         log_name = f"{bucket_name}-logs"
-        logs = aws.s3.Bucket(log_name, bucket=log_name, force_destroy=False, tags=self._args.tags, opts=opts)
+        tags = {**self._args.tags, "bulkhead:purpose": "access-logs"}
+        logs = aws.s3.Bucket(log_name, bucket=log_name, force_destroy=False, tags=tags, opts=opts)
         # S3 delivers access logs only into SSE-S3 buckets, not SSE-KMS ones.
         self._encrypt(log_name, logs, opts, None)
         block = self._block_public_access(log_name, logs, opts)

@@ -50,6 +50,8 @@ class PlanMocks(pulumi.runtime.Mocks):
             state.update(zone_id=f"Z{unique.upper()}", name_servers=[f"ns-{i}.awsdns.example" for i in range(4)])
         elif args.typ == "aws:cloudfront/distribution:Distribution":
             state.update(domain_name=f"d{unique[:13]}.cloudfront.net")
+        elif args.typ == "aws:iam/role:Role":
+            state.update(arn=f"arn:aws:iam::{ACCOUNT}:role/{name}")
         elif args.typ == "aws:ec2/vpc:Vpc":
             state.update(default_network_acl_id=f"acl-{unique}", default_security_group_id=f"sg-{unique}")
         elif args.typ == "aws:ec2/instance:Instance":

@@ -90,13 +90,30 @@ def test_postgres__the_leader_archives_its_wal_into_the_local_clouds_bucket(site
     assert any(key.startswith(f"{outputs['databaseServer']}/wals/") and segment in key for key in keys)
 
 
-def test_router__answers_on_80_and_443_and_reaches_apps_in_other_azs(site):
+def test_postgres__network_connections_and_replication_use_tls_and_plain_ones_are_refused(site):
+    leader, replicas = _leader_and_replicas(site)
+    host = site.host(leader)
+    # Both replicas stream over TLS
+    streams = _psql(host, "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE s.ssl")
+    assert streams == str(len(replicas))
+    # A client over the network without TLS is turned away by pg_hba (hostssl only)
+    plain = host.run(
+        f"runuser -u postgres -- psql 'host={leader.address} dbname=postgres sslmode=disable' -tAc 'SELECT 1'"
+    )
+    assert plain.rc != 0 and "no pg_hba.conf entry" in plain.stderr and "no encryption" in plain.stderr
+
+
+def test_router__answers_health_on_80_redirects_the_rest_and_reaches_apps_in_other_azs(site):
     for router in site.of_role("router"):
         host = site.host(router)
         assert host.check_output(f"curl -sf http://{router.address}/healthz") == "ok"
+        redirect = host.check_output(
+            f"curl -s -o /dev/null -w '%{{http_code}} %{{redirect_url}}' http://{router.address}/x"
+        )
+        assert redirect == f"301 https://{router.address}/x"
         zones = set()
-        for scheme in ("http", "https") * 3:
-            answer = json.loads(host.check_output(f"curl -sfk {scheme}://{router.address}/"))
+        for _ in range(6):
+            answer = json.loads(host.check_output(f"curl -sfk https://{router.address}/"))
             assert answer["app"] == "sample"
             zones.add(answer["az"])
         assert zones - {router.az}, f"router in {router.az} reached only its own AZ"

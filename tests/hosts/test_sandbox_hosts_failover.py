@@ -97,7 +97,11 @@ def test_db_status_and_url__show_every_member_and_a_url_to_the_local_endpoint(si
     assert [m["role"] for m in members] == ["leader", "replica", "replica"]
     assert set(members[0]) == {"host", "az", "role", "state", "timeline", "lag_bytes"}
     code, out, _ = bulkhead("db", "url", "--region", site.store_region)
-    assert code == 0 and out.startswith("postgresql://app:") and out.strip().endswith("@127.0.0.1:5432/app")
+    assert (
+        code == 0
+        and out.startswith("postgresql://app:")
+        and out.strip().endswith("@127.0.0.1:5432/app?sslmode=require")
+    )
 
 
 def test_switchover__hands_the_leader_to_the_named_replica_losing_no_row(site, healthy, bulkhead):

@@ -41,7 +41,7 @@ n=0
 while [ ! -e "$STOP" ]; do
   for target in $TARGETS; do
     n=$((n + 1))
-    if curl -sf -o /dev/null --max-time 2 "http://$target/"; then
+    if curl -sfk -o /dev/null --max-time 2 "https://$target/"; then
       echo "$n $(date +%s.%N) ok"
     else
       echo "$n $(date +%s.%N) fail"
