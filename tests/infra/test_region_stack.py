@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from bulkhead import topology
+from bulkhead.ops import policy_model, policy_rules
+from bulkhead.ops.policy_model import Declared
 from bulkhead.stack_runner import DeclaredResource, StackRun
 
 pytestmark = pytest.mark.unit
@@ -158,30 +160,27 @@ def test_region_stack__etcd_and_patroni_reachable_only_from_members_and_dyno_hos
     assert not any(r.get("cidrBlocks") for r in database.inputs["ingress"])
 
 
-def _bucket_config(run: StackRun, type_token: str, bucket: DeclaredResource) -> DeclaredResource:
-    (config,) = [r for r in run.of_type(type_token) if r.inputs["bucket"] == bucket.id]
-    return config
+def _verdicts(project_dir, run: StackRun, rules: set[str]) -> dict[tuple[str, str], str]:
+    """The policy rules (`bulkhead check`'s own) over one stack: (rule, resource) -> pass, fail or waived."""
+    records = [Declared(run.stack, "?", r.type, r.id, r.inputs, r.state) for r in run.resources if r.custom]
+    verdicts = policy_rules.evaluate(policy_model.declared(records), project_dir, rules=sorted(rules))
+    return {(v.rule, v.resource): v.status for v in verdicts}
 
 
-@pytest.mark.parametrize("suffix", ["", "-replica"])
-def test_region_stack__archive_buckets_are_versioned_encrypted_private_tls_only_and_expire(region, suffix):
+ARCHIVE_RULES = {"archive-kms-key", "archive-object-lock", "archive-lifecycle", "archive-access-logs",
+                 "buckets-private-tls-only"}  # fmt: skip
+
+
+def test_region_stack__archive_buckets_are_keyed_locked_logged_private_tls_only_and_expire(region, project_dir):
     spec, run = region
-    (bucket,) = [b for b in run.of_type("aws:s3/bucket:Bucket") if b.inputs["bucket"] == spec.archive_bucket + suffix]
-    versioning = _bucket_config(run, "aws:s3/bucketVersioning:BucketVersioning", bucket)
-    assert versioning.inputs["versioningConfiguration"]["status"] == "Enabled"
-    encryption = _bucket_config(
-        run, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration", bucket
-    )
-    assert encryption.inputs["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] in {"AES256", "aws:kms"}
-    block = _bucket_config(run, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", bucket)
-    assert all(
-        block.inputs[k] for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
-    )
-    policy = _bucket_config(run, "aws:s3/bucketPolicy:BucketPolicy", bucket)
-    (deny,) = _statements(policy.inputs["policy"])
-    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    lifecycle = _bucket_config(run, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", bucket)
-    assert lifecycle.inputs["rules"][0]["noncurrentVersionExpiration"]["noncurrentDays"] == spec.archive_retention_days
+    verdicts = _verdicts(project_dir, run, ARCHIVE_RULES)
+    for bucket in (spec.archive_bucket, spec.archive_bucket + "-replica"):
+        for rule in ARCHIVE_RULES:
+            assert verdicts[(rule, bucket)] == "pass", rule
+    # Written down: retention 35 days, base backups daily, so objects expire after 36.
+    lifecycles = run.of_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+    (lifecycle,) = [r for r in lifecycles if r.name == spec.archive_bucket]
+    assert lifecycle.inputs["rules"][0]["expiration"]["days"] == spec.archive_retention_days + 1
 
 
 def test_region_stack__archive_replicates_to_a_bucket_in_the_partner_region(region):
@@ -197,34 +196,26 @@ def test_region_stack__archive_replicates_to_a_bucket_in_the_partner_region(regi
     assert archive.provider.rsplit("::", 1)[0] not in providers, "the archive stays in the stack's own region"
 
 
-def test_region_stack__database_role_writes_only_its_own_prefix(region):
+def test_region_stack__database_role_writes_only_its_own_prefix_and_destroys_nothing(region, project_dir):
     spec, run = region
     archive_arn = f"arn:aws:s3:::{spec.archive_bucket}"
     (db_policy,) = [p for p in run.of_type("aws:iam/rolePolicy:RolePolicy") if "s3:PutObject" in p.inputs["policy"]]
     writes = [s for s in _statements(db_policy.inputs["policy"]) if "s3:PutObject" in s["Action"]]
-    assert writes, "the database must be able to archive"
-    for statement in writes:
-        assert statement["Resource"] == [f"{archive_arn}/{spec.database_server}/*"]
-    (listing,) = [s for s in _statements(db_policy.inputs["policy"]) if s["Action"] == "s3:ListBucket"]
-    assert listing["Condition"]["StringLike"]["s3:prefix"] == [spec.database_server, f"{spec.database_server}/*"]
-    others = [p for p in run.of_type("aws:iam/rolePolicy:RolePolicy") if p is not db_policy]
-    assert not any(archive_arn in p.inputs["policy"] and "PutObject" in p.inputs["policy"] for p in others)
+    assert [w["Resource"] for w in writes] == [[f"{archive_arn}/{spec.database_server}/*"]]
+    verdicts = _verdicts(project_dir, run, {"archive-writes-confined", "hosts-cannot-destroy-backups"})
+    assert verdicts[("archive-writes-confined", db_policy.inputs["role"])] == "pass"
+    assert verdicts[("hosts-cannot-destroy-backups", db_policy.inputs["role"])] == "pass"
+    assert set(verdicts.values()) == {"pass"}
 
 
-def test_region_stack__only_the_balancer_admits_the_internet_and_only_on_80_and_443(region):
+def test_region_stack__only_the_balancer_admits_the_internet_and_only_on_80_and_443(region, project_dir):
     _, run = region
-    open_rules = []
-    for group in run.of_type("aws:ec2/securityGroup:SecurityGroup"):
-        for rule in group.inputs.get("ingress", []):
-            if "0.0.0.0/0" in rule.get("cidrBlocks", []):
-                open_rules.append((group.name, rule["fromPort"], rule["toPort"]))
-    assert open_rules
+    verdicts = _verdicts(project_dir, run, {"world-ingress-http-only", "nacl-no-remote-admin", "nacl-tier-ports"})
+    assert set(verdicts.values()) == {"pass"}
     (balancer,) = run.of_type("aws:lb/loadBalancer:LoadBalancer")
-    edge_names = {
-        g.name for g in run.of_type("aws:ec2/securityGroup:SecurityGroup") if g.id in balancer.inputs["securityGroups"]
-    }
-    assert {name for name, _, _ in open_rules} == edge_names
-    assert sorted((low, high) for _, low, high in open_rules) == [(80, 80), (443, 443)]
+    open_groups = [g for g in run.of_type("aws:ec2/securityGroup:SecurityGroup")
+                   if any("0.0.0.0/0" in r.get("cidrBlocks", []) for r in g.inputs.get("ingress", []))]  # fmt: skip
+    assert [g.id for g in open_groups] == balancer.inputs["securityGroups"]
 
 
 def test_region_stack__every_control_rod_is_a_parameter_at_its_normal_value(region):
