@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import subprocess
@@ -15,7 +16,8 @@ from bulkhead import project, s3compat, topology
 from bulkhead.hosts import inventory
 from bulkhead.hosts.sandbox import Sandboxes
 from bulkhead.localcloud import cloud
-from bulkhead.localcloud.aws import local_environment
+from bulkhead.localcloud.aws import LocalAws, local_environment
+from bulkhead.ops import check, policy_live, policy_rules
 
 pytestmark = pytest.mark.moto
 
@@ -213,3 +215,67 @@ def test_up__a_new_ansible_ref_updates_user_data_in_place_keeping_every_instance
         assert "refs/heads/elsewhere" in base64.b64decode(data).decode()
     (template,) = [t for t in ec2.describe_launch_templates()["LaunchTemplates"] if "cell1" in t["LaunchTemplateName"]]
     assert template["LatestVersionNumber"] == 2 and template["DefaultVersionNumber"] == 2
+
+
+# --- `bulkhead check --live` on this deployment: it passes, and a fault done through the AWS APIs fails its rule ---
+
+TODAY = dt.date(2026, 11, 24)
+
+
+def _verdicts(deployed, project_dir) -> list[policy_rules.Verdict]:
+    store, clients, _ = deployed
+    stacks = ["eu-west-1", "us-east-1", "us-west-2", "global"]
+    declared = [d for s in stacks for d in policy_live.declared_from_state(s, store.load(s).resources.values())]
+    reader = policy_live.Reader(LocalAws(clients.endpoint).client, declared)
+    items = reader.read(check.scopes(topology.StackFiles(project_dir), stacks))
+    return policy_rules.evaluate(items, project_dir, today=TODAY)
+
+
+def _failures(verdicts) -> set[tuple[str, str]]:
+    return {(v.rule, v.resource) for v in verdicts if v.status == "fail"}
+
+
+def test_check_live__a_fresh_local_up_of_every_stack_passes(deployed, project_dir):
+    verdicts = _verdicts(deployed, project_dir)
+    assert _failures(verdicts) == set()
+    judged = {v.rule for v in verdicts}
+    assert judged >= {"imdsv2-required", "volumes-encrypted", "archive-object-lock", "nacl-no-remote-admin",
+                      "trust-one-service", "service-alarm", "ebs-encryption-by-default"}  # fmt: skip
+    # The Auto Scaling groups' instances are judged, not only their templates: EC2 carries the template's
+    # metadata options and volumes onto them (the local cloud does as EC2 does).
+    instances = [v for v in verdicts if v.rule == "imdsv2-required" and v.resource.startswith("i-")]
+    assert len(instances) >= 12
+    # What moto cannot hold is read from the local cloud's record, and the row says so.
+    notes = [v.note for v in verdicts if v.rule == "buckets-private-tls-only"]
+    assert notes and all("local cloud's record" in n for n in notes)
+
+
+def test_check_live__a_world_open_22_and_an_imdsv1_instance_fail_their_rules(deployed, project_dir):
+    _, clients, _ = deployed
+    ec2 = clients("ec2", "us-west-2")
+    (group,) = ec2.describe_security_groups(
+        Filters=[{"Name": "tag:bulkhead:stack", "Values": ["us-west-2"]},
+                 {"Name": "description", "Values": ["Bulkhead routers*"]}]
+    )["SecurityGroups"]  # fmt: skip
+    instance = ec2.describe_instances(Filters=[{"Name": "tag:bulkhead:role", "Values": ["dyno_host"]}])[
+        "Reservations"][0]["Instances"][0]  # fmt: skip
+    ssh = [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+    ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=ssh)
+    ec2.modify_instance_metadata_options(InstanceId=instance["InstanceId"], HttpTokens="optional")
+    try:
+        failures = _failures(_verdicts(deployed, project_dir))
+    finally:
+        ec2.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=ssh)
+        ec2.modify_instance_metadata_options(InstanceId=instance["InstanceId"], HttpTokens="required")
+    assert failures == {("world-ingress-http-only", group["GroupName"]), ("imdsv2-required", instance["InstanceId"])}
+
+
+def test_check_cli__prints_a_row_per_rule_and_exits_zero_on_the_program(project_dir):
+    done = subprocess.run([sys.executable, "-m", "bulkhead.cli", "check", "--stacks", "eu-west-1", "--json"],
+                          capture_output=True, text=True, cwd=project_dir, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["counts"].get("fail", 0) == 0 and report["counts"]["pass"] > 50
+    bad = subprocess.run([sys.executable, "-m", "bulkhead.cli", "check", "--stacks", "nowhere"],
+                         capture_output=True, text=True, cwd=project_dir, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unknown stack nowhere" in bad.stderr
