@@ -27,6 +27,7 @@ GROUPS = (
     ("dns", "bulkhead.dns", "host"),
     ("status", "bulkhead.ops.status", "host"),
     ("check", "bulkhead.ops.check", "controller"),
+    ("secrets", "bulkhead.ops.secrets", "host"),
 )
 
 
