@@ -9,8 +9,11 @@ fails clearly (tests/bulkhead/test_pulumi_sdk.py is the contract test) instead o
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import importlib
 import importlib.metadata
+import json
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -93,7 +96,58 @@ def run_program(program: Callable[[], Any]) -> dict[str, Any]:
     run_pulumi_func = _lookup("pulumi.runtime.stack", "run_pulumi_func")
     sync_await(run_pulumi_func(program))
     root = _lookup("pulumi.runtime.settings", "get_root_resource")()
-    return dict(sync_await(pulumi.Output.from_input(getattr(root, "outputs", {})).future()) or {})
+    declared = dict(getattr(root, "outputs", {}) or {})
+    values = dict(sync_await(pulumi.Output.from_input(declared).future()) or {})
+    # A secret output is kept as its hash: outputs are written to disk (`.bulkhead/local/<stack>.json`).
+    for name, output in declared.items():
+        if isinstance(output, pulumi.Output) and sync_await(output.is_secret()):
+            values[name] = secret_hash(values.get(name))
+    return values
+
+
+SECRET_PREFIX = "secret:sha256:"
+
+
+def secret_hash(value: Any) -> str:
+    """What the local cloud keeps of a secret: enough to tell whether it changed, never the value."""
+    return SECRET_PREFIX + hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def secret_paths(value: Any, path: tuple = ()) -> list[tuple]:
+    """Where a deserialized property tree holds secrets (Pulumi's secret wrappers), as key paths."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return [path]
+        return [found for key, item in value.items() for found in secret_paths(item, (*path, key))]
+    if isinstance(value, list):
+        return [found for index, item in enumerate(value) for found in secret_paths(item, (*path, index))]
+    return []
+
+
+def hide_secrets(value: Any, paths: list[tuple]) -> Any:
+    """A copy of `value` with what sits at each of `paths` replaced by its hash (absent paths are skipped)."""
+    if not paths:
+        return value
+    hidden = copy.deepcopy(value)
+    for path in paths:
+        holder = hidden
+        for key in path[:-1]:
+            try:
+                holder = holder[key]
+            except (KeyError, IndexError, TypeError):
+                holder = None
+                break
+        if path and holder is not None:
+            try:
+                holder[path[-1]] = secret_hash(holder[path[-1]])
+            except (KeyError, IndexError, TypeError):
+                pass
+    return hidden
+
+
+def current_secret_paths() -> list[tuple]:
+    """The secret inputs of the resource being registered on this thread."""
+    return getattr(_registering, "secret_paths", [])
 
 
 def reveal(value: Any) -> Any:
@@ -137,6 +191,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
     def RegisterResource(self, request):
         _registering.urn = self.make_urn(request.parent, request.type, request.name)
+        _registering.secret_paths = secret_paths(rpc.deserialize_properties(request.object))
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             registration = self.resources[response.urn]

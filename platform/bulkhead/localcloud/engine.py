@@ -104,7 +104,9 @@ class MotoMocks(pulumi.runtime.Mocks):
                 # The run has failed: registrations still queued must not touch moto any more.
                 raise LocalCloudError(f"not creating {args.name}: an earlier resource failed")
             try:
-                return self._apply(urn, args.typ, args.name, _normalized(args.inputs), args.provider)
+                # Translators get plain values: Pulumi hands the mocks secrets still wrapped.
+                inputs = _normalized(pulumi_sdk.reveal(args.inputs))
+                return self._apply(urn, args.typ, args.name, inputs, args.provider)
             except BaseException as error:
                 self.fault = self._explain(error, urn)
                 raise self.fault from error
@@ -143,7 +145,10 @@ class MotoMocks(pulumi.runtime.Mocks):
         translator = translators.lookup(type_token)
         target = translators.Target(self.aws, region, role, urn, name)
         old = self.previous.resources.get(urn)
-        action = choose_action(old, type_token, region, role, inputs, updatable=translator.update is not None)
+        # The state keeps a hash of each Pulumi secret, never its value; comparing hashes still tells a change.
+        secrets = pulumi_sdk.current_secret_paths()
+        remembered = pulumi_sdk.hide_secrets(inputs, secrets)
+        action = choose_action(old, type_token, region, role, remembered, updatable=translator.update is not None)
         if action == "unchanged":
             self._remember(old, "unchanged")
             return old.id, old.state
@@ -153,16 +158,18 @@ class MotoMocks(pulumi.runtime.Mocks):
             except translators.ReplaceRequired:
                 action = "replace"
             else:
-                self._remember(ResourceRecord(urn, type_token, old.id, region, role, inputs, state), "updated")
+                hidden = pulumi_sdk.hide_secrets(_normalized(state), secrets)
+                self._remember(ResourceRecord(urn, type_token, old.id, region, role, remembered, hidden), "updated")
                 return old.id, state
         resource_id, state = translator.create(target, inputs)
-        record = ResourceRecord(urn, type_token, resource_id, region, role, inputs, _normalized(state))
+        hidden = pulumi_sdk.hide_secrets(_normalized(state), secrets)
+        record = ResourceRecord(urn, type_token, resource_id, region, role, remembered, hidden)
         if action == "replace":
             self.current.pending_deletes.append(old)
             self._remember(record, "replaced")
         else:
             self._remember(record, "created")
-        return resource_id, record.state
+        return resource_id, _normalized(state)
 
     def _provider(self, urn: str, inputs: dict) -> tuple[str, dict]:
         roles = inputs.get("assumeRoles")
