@@ -9,6 +9,7 @@ fails clearly (tests/bulkhead/test_pulumi_sdk.py is the contract test) instead o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -138,10 +139,8 @@ def hide_secrets(value: Any, paths: list[tuple]) -> Any:
                 holder = None
                 break
         if path and holder is not None:
-            try:
+            with contextlib.suppress(KeyError, IndexError, TypeError):
                 holder[path[-1]] = secret_hash(holder[path[-1]])
-            except (KeyError, IndexError, TypeError):
-                pass
     return hidden
 
 

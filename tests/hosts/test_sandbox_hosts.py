@@ -18,7 +18,8 @@ from bulkhead.backup.settings import Archive, archive_command
 from bulkhead.hosts import converge
 from bulkhead.hosts.sandbox import Sandboxes, fabric_netns
 from bulkhead.localcloud import server
-from bulkhead.localcloud.aws import LOCAL_CREDENTIALS
+from bulkhead.localcloud.aws import LOCAL_CREDENTIALS, LocalAws
+from bulkhead.ops import secret_scan
 
 pytestmark = pytest.mark.hosts
 
@@ -101,6 +102,27 @@ def test_postgres__network_connections_and_replication_use_tls_and_plain_ones_ar
         f"runuser -u postgres -- psql 'host={leader.address} dbname=postgres sslmode=disable' -tAc 'SELECT 1'"
     )
     assert plain.rc != 0 and "no pg_hba.conf entry" in plain.stderr and "no encryption" in plain.stderr
+
+
+def test_secrets__no_password_is_in_user_data_state_outputs_or_any_log_and_a_leak_is_found(site):
+    local = LocalAws(server.running(site.store.directory).endpoint)
+
+    def scan():
+        return secret_scan.scan([site.store.directory], site.sandboxes, [site.store_region],
+                                lambda r: local.client("ssm", r), lambda r: local.client("ec2", r))  # fmt: skip
+
+    clean = scan()
+    # The site's passwords (replication, superuser, app) are looked for, in every host's logs among the rest
+    assert len(clean.secrets) >= 3 and clean.places > 20
+    assert clean.findings == []
+    # And a password that did reach a log is found, by name and place
+    name, value = next(iter(clean.secrets.items()))
+    leak = site.store.directory / "leak-test.log"
+    leak.write_text(f'{{"event": "connect", "dsn": "postgresql://app:{value}@db/app"}}\n')
+    try:
+        assert [(f.secret, f.place) for f in scan().findings] == [(name, str(leak))]
+    finally:
+        leak.unlink()
 
 
 def test_router__answers_health_on_80_redirects_the_rest_and_reaches_apps_in_other_azs(site):

@@ -71,16 +71,20 @@ def next_colour(current_user: str) -> str:
 
 def ssm_client(project_dir: Path, region: str):
     """SSM of a region: the local cloud's when one runs for this checkout, else AWS's."""
+    return _client(project_dir, "ssm", region)
+
+
+def _client(project_dir: Path, service: str, region: str):
     from bulkhead.localcloud import controller
     from bulkhead.localcloud.aws import LocalAws
     from bulkhead.localcloud.state import Store
 
     endpoint = controller.front_endpoint(Store.of_project(project_dir).directory, region)
     if endpoint:
-        return LocalAws(endpoint).client("ssm", region)
+        return LocalAws(endpoint).client(service, region)
     import boto3
 
-    return boto3.client("ssm", region_name=region)
+    return boto3.client(service, region_name=region)
 
 
 def database_path(project_dir: Path, region: str) -> str:
@@ -203,6 +207,31 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from bulkhead.ops import secret_scan
+
+    project_dir = project.find(args.project)
+    files = topology.StackFiles(project_dir)
+    regions = sorted({files.spec(s).region for s in files.names() if s != topology.GLOBAL_STACK})
+
+    def client(service: str):
+        return lambda region: _client(project_dir, service, region)
+
+    from bulkhead.hosts.sandbox import Sandboxes
+
+    scanner = secret_scan.scan([project_dir / ".bulkhead"], Sandboxes.of_project(project_dir), regions,
+                               client("ssm"), client("ec2"))  # fmt: skip
+    for finding in scanner.findings:
+        print(f"FOUND  {finding.secret}  in {finding.place}")
+    found = len(scanner.findings)
+    print(f"scanned {scanner.places} places for {len(scanner.secrets)} secrets: {found or 'no'} finding(s)",
+          file=sys.stderr)  # fmt: skip
+    if scanner.findings:
+        raise RotationError(f"{len(scanner.findings)} secret value(s) found where none may be; rotate them and "
+                            "remove what holds them")  # fmt: skip
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `bulkhead secrets ...` to the command line."""
     group = commands.add_parser("secrets", help="list the platform's credentials and rotate them",
@@ -224,3 +253,5 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="seconds the consumers get to re-read the new login before the old one stops (300)",
     )
     rotate.set_defaults(handler=cmd_rotate)
+    scan = verbs.add_parser("scan", help="look for secret values in user data, outputs, .bulkhead/ and the logs")
+    scan.set_defaults(handler=cmd_scan)

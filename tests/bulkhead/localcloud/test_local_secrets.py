@@ -12,7 +12,7 @@ from bulkhead.localcloud.state import Store
 
 pytestmark = pytest.mark.moto
 SECRET = "hunter2-" + "x" * 16
-PROGRAM = f'''
+PROGRAM = f"""
 import pulumi
 import pulumi_aws as aws
 
@@ -20,7 +20,7 @@ parameter = aws.ssm.Parameter("login", name="/bulkhead/test/login", type="Secure
                               value=pulumi.Output.secret({SECRET!r}))
 pulumi.export("parameterName", parameter.name)
 pulumi.export("login", pulumi.Output.secret({SECRET!r}))
-'''
+"""
 
 
 @pytest.fixture
