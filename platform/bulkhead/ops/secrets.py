@@ -74,12 +74,17 @@ def ssm_client(project_dir: Path, region: str):
     return _client(project_dir, "ssm", region)
 
 
-def _client(project_dir: Path, service: str, region: str):
-    from bulkhead.localcloud import controller
+def _client(project_dir: Path, service: str, region: str, direct: bool = False):
+    from bulkhead.localcloud import controller, server
     from bulkhead.localcloud.aws import LocalAws
     from bulkhead.localcloud.state import Store
 
-    endpoint = controller.front_endpoint(Store.of_project(project_dir).directory, region)
+    directory = Store.of_project(project_dir).directory
+    if direct:
+        info = server.running(directory)
+        endpoint = info.endpoint if info else None
+    else:
+        endpoint = controller.front_endpoint(directory, region)
     if endpoint:
         return LocalAws(endpoint).client(service, region)
     import boto3
@@ -215,7 +220,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     regions = sorted({files.spec(s).region for s in files.names() if s != topology.GLOBAL_STACK})
 
     def client(service: str):
-        return lambda region: _client(project_dir, service, region)
+        # The moto server itself, not the regions' fronts: a region a drill took off the air is still scanned.
+        return lambda region: _client(project_dir, service, region, direct=True)
 
     from bulkhead.hosts.sandbox import Sandboxes
 
