@@ -1,4 +1,4 @@
-"""`bulkhead secrets list|rotate`: the platform's credentials, where each is used, its age, and rotation.
+"""`bulkhead secrets list|rotate|scan`: the platform's credentials, where each is used, its age, rotation, and a scan.
 
 Credentials live only in SSM Parameter Store as SecureStrings, under `bulkhead.parameters.database_path`:
 the initial primary generates them at first boot and the hosts read them there. They are never in user
