@@ -180,3 +180,40 @@ def test_acl_evaluation__the_lowest_numbered_match_decides_and_nothing_matching_
     assert policy_rules.admits(entries, "tcp", 23)
     assert policy_rules.admits(entries, "tcp", 22, source=policy_rules.ipaddress.ip_address("10.0.0.5"))
     assert not policy_rules.admits([], "tcp", 443)
+
+
+@pytest.mark.parametrize(
+    ("removed", "rules", "count"),
+    [
+        ("aws:ebs/encryptionByDefault:EncryptionByDefault", {"ebs-encryption-by-default"}, 1),
+        ("aws:ec2/flowLog:FlowLog", {"vpc-flow-logs"}, 3),
+        ("aws:s3/bucketLogging:BucketLogging", {"archive-access-logs"}, 6),
+        ("aws:kms/key:Key", {"archive-kms-key"}, 6),
+        ("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", {"archive-lifecycle"}, 6),
+        ("aws:s3/bucketPolicy:BucketPolicy", {"buckets-private-tls-only"}, 12),
+        ("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup", {"default-security-group-empty"}, 3),
+        ("aws:ec2/defaultNetworkAcl:DefaultNetworkAcl", {"nacl-no-remote-admin", "nacl-tier-ports"}, 6),
+        ("aws:cloudwatch/metricAlarm:MetricAlarm", {"service-alarm"}, 5),
+    ],
+)
+def test_a_protection_left_out__fails_its_rule_on_every_resource_it_protected(records, project_dir, removed, rules,
+                                                                                count):  # fmt: skip
+    # Written down, as distinct (rule, resource) pairs: 3 VPCs, 6 archive buckets (archive and replica per region),
+    # 6 log buckets, 5 services (router, dyno_host, postgres, etcd, status_site); the test names every region "?".
+    failures = _failures([r for r in records if r.type != removed], project_dir)
+    assert {rule for rule, _ in failures} == rules
+    assert len(failures) == count
+
+
+def test_endpoint_policy_for_any_bucket_and_a_plain_string_password__fail_their_rules(records, project_dir):
+    def any_bucket(inputs):
+        inputs["policy"] = json.dumps({"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:*",
+                                                      "Resource": "*"}]})  # fmt: skip
+
+    broken, endpoint = _changed(records, "aws:ec2/vpcEndpoint:VpcEndpoint", lambda r: True, any_bucket)
+    leaked = Declared("us-east-1", "us-east-1", "aws:ssm/parameter:Parameter", "p",
+                      {"name": "/bulkhead/us-east-1/postgres/pg/app-password", "type": "String"}, {})  # fmt: skip
+    assert _failures([*broken, leaked], project_dir) == {
+        ("s3-endpoint-platform-buckets", endpoint.id),
+        ("passwords-are-secure-strings", "/bulkhead/us-east-1/postgres/pg/app-password"),
+    }
