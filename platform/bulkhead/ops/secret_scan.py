@@ -9,6 +9,8 @@ secret's parameter and the place, never the value.
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +66,16 @@ class Scanner:
                 self.findings.append(Finding(name, place))
 
     def tree(self, root: Path, skip: Iterable[Path] = ()) -> None:
-        """Every file under `root` (but those under `skip`), up to MAX_FILE_BYTES each."""
-        skipped = [s.resolve() for s in skip]
-        for path in sorted(root.rglob("*")):
-            resolved = path.resolve()
-            if not path.is_file() or path.is_symlink() or any(resolved.is_relative_to(s) for s in skipped):
-                continue
-            if path.stat().st_size <= MAX_FILE_BYTES:
-                self.text(str(path), path.read_bytes())
+        """Every file under `root` (but those under `skip`, which is never entered), up to MAX_FILE_BYTES each."""
+        skipped = {s.resolve() for s in skip}
+        for directory, subdirectories, files in os.walk(root, onerror=lambda error: None):
+            here = Path(directory)
+            subdirectories[:] = sorted(d for d in subdirectories if (here / d).resolve() not in skipped)
+            for name in sorted(files):
+                path = here / name
+                with contextlib.suppress(OSError):
+                    if not path.is_symlink() and path.is_file() and path.stat().st_size <= MAX_FILE_BYTES:
+                        self.text(str(path), path.read_bytes())
 
     def user_data(self, ec2, region: str) -> None:
         """Every launch template's latest user data and every instance's."""

@@ -230,8 +230,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
     for finding in scanner.findings:
         print(f"FOUND  {finding.secret}  in {finding.place}")
     found = len(scanner.findings)
-    print(f"scanned {scanner.places} places for {len(scanner.secrets)} secrets: {found or 'no'} finding(s)",
-          file=sys.stderr)  # fmt: skip
+    if not scanner.secrets:
+        print(f"scanned {scanner.places} places, but there is no secret to look for yet (no SecureString under "
+              "/bulkhead/ and no site passwords): a database site publishes its passwords", file=sys.stderr)  # fmt: skip
+    else:
+        print(f"scanned {scanner.places} places for {len(scanner.secrets)} secrets: {found or 'no'} finding(s)",
+              file=sys.stderr)  # fmt: skip
     if scanner.findings:
         raise RotationError(f"{len(scanner.findings)} secret value(s) found where none may be; rotate them and "
                             "remove what holds them")  # fmt: skip
