@@ -232,7 +232,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     found = len(scanner.findings)
     if not scanner.secrets:
         print(f"scanned {scanner.places} places, but there is no secret to look for yet (no SecureString under "
-              "/bulkhead/ and no site passwords): a database site publishes its passwords", file=sys.stderr)  # fmt: skip
+              "/bulkhead/, no site passwords)", file=sys.stderr)  # fmt: skip
     else:
         print(f"scanned {scanner.places} places for {len(scanner.secrets)} secrets: {found or 'no'} finding(s)",
               file=sys.stderr)  # fmt: skip
