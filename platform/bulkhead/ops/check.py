@@ -43,9 +43,10 @@ def declared_items(project_dir: Path, stacks: list[str]) -> list[policy_model.It
     from bulkhead import plan
 
     runs = plan.evaluate_all(project_dir, stacks)
+    files = topology.StackFiles(project_dir)
     records = []
     for stack, run in runs.items():
-        region = str(topology.StackFiles(project_dir).config(stack).get("aws:region", stack))
+        region = str(files.config(stack).get("aws:region", stack))
         records += [policy_model.Declared(stack, region, r.type, r.id, r.inputs, r.state)
                     for r in run.resources if r.custom]  # fmt: skip
     return policy_model.declared(records)

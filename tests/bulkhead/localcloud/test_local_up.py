@@ -279,3 +279,24 @@ def test_check_cli__prints_a_row_per_rule_and_exits_zero_on_the_program(project_
     bad = subprocess.run([sys.executable, "-m", "bulkhead.cli", "check", "--stacks", "nowhere"],
                          capture_output=True, text=True, cwd=project_dir, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unknown stack nowhere" in bad.stderr
+
+
+def test_check_live__through_the_aws_path_reads_live_policies_and_sees_what_moto_dropped(
+    deployed, project_dir, tmp_path
+):
+    # Given no local cloud for the checkout, `check --live` takes the AWS path: boto3's own credentials and
+    # endpoint (here the same moto server, as AWS_ENDPOINT_URL), the status stack through its role, and no
+    # record of what was declared
+    _, clients, _ = deployed
+    environment = {**os.environ, **local_environment(), "AWS_ENDPOINT_URL": clients.endpoint,
+                   "BULKHEAD_LOCAL_DIR": str(tmp_path / "no-local-cloud")}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "bulkhead.cli", "check", "--live", "--json"], cwd=project_dir,
+                          env=environment, capture_output=True, text=True, timeout=300)  # fmt: skip
+    report = json.loads(done.stdout)
+    # Then it reads every stack, and the only failures are the TLS-only Denies that moto could not hold:
+    # read live, as on AWS, they are missing, and the rule says so
+    assert report["source"] == "the AWS account of the current credentials"
+    failed = {(v["rule"], v["stack"]) for v in report["verdicts"] if v["status"] == "fail"}
+    assert failed == {("buckets-private-tls-only", stack) for stack in REGIONS}
+    assert done.returncode == 1
+    assert {v["stack"] for v in report["verdicts"] if v["status"] == "pass"} == {*REGIONS, "global"}
