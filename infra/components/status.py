@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-# The one role in the status account that the platform may assume (the alerting agent's heartbeat); the
-# policy rules know it by this name.
-HEARTBEAT_ROLE = "bulkhead-heartbeat"
-HEARTBEAT_NAMESPACE = "Bulkhead/Heartbeat"
+from bulkhead import topology
+
+from .host_helpers import policy_document
+
 # CloudFront publishes its metrics in us-east-1 only.
 CLOUDFRONT_METRICS_REGION = "us-east-1"
 # AWS's managed "CachingOptimized" cache policy.
@@ -165,29 +165,21 @@ class StatusSite(pulumi.ComponentResource):
     def _heartbeat_role(self, name: str, args: StatusSiteArgs, provider: aws.Provider, tags: dict[str, str]) -> None:
         """The one cross-account trust: platform instance roles put heartbeat metrics here, and nothing else."""
         child = pulumi.ResourceOptions(parent=self, provider=provider)
+        platform = pulumi.Output.concat("arn:aws:iam::", args.platform_account_id)
         role = aws.iam.Role(
             f"{name}-heartbeat",
-            name=HEARTBEAT_ROLE,
-            assume_role_policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {
-                                "AWS": pulumi.Output.concat("arn:aws:iam::", args.platform_account_id, ":root")
-                            },
-                            "Action": "sts:AssumeRole",
-                            "Condition": {
-                                "ArnLike": {
-                                    "aws:PrincipalArn": pulumi.Output.concat(
-                                        "arn:aws:iam::", args.platform_account_id, ":role/bulkhead-*"
-                                    )
-                                }
-                            },
-                        }
-                    ],
-                }
+            name=topology.HEARTBEAT_ROLE,
+            assume_role_policy=policy_document(
+                [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"AWS": pulumi.Output.concat(platform, ":root")},
+                        "Action": "sts:AssumeRole",
+                        "Condition": {
+                            "ArnLike": {"aws:PrincipalArn": pulumi.Output.concat(platform, ":role/bulkhead-*")}
+                        },
+                    }
+                ]
             ),
             tags=tags,
             opts=child,
@@ -195,18 +187,15 @@ class StatusSite(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-heartbeat",
             role=role.id,
-            policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Action": "cloudwatch:PutMetricData",
-                            "Resource": "*",
-                            "Condition": {"StringEquals": {"cloudwatch:namespace": HEARTBEAT_NAMESPACE}},
-                        }
-                    ],
-                }
+            policy=policy_document(
+                [
+                    {
+                        "Effect": "Allow",
+                        "Action": "cloudwatch:PutMetricData",
+                        "Resource": "*",
+                        "Condition": {"StringEquals": {"cloudwatch:namespace": topology.HEARTBEAT_NAMESPACE}},
+                    }
+                ]
             ),
             opts=child,
         )

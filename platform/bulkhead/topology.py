@@ -62,6 +62,10 @@ GLOBAL_KEYS = (
 )  # fmt: skip
 # Who is paged for a service: every service's resources carry it as their `bulkhead:owner` tag.
 DEFAULT_OWNER = "platform-oncall"
+# The one role in the status account that the platform may assume (the alerting agent's heartbeat), and
+# the only namespace it may write; the policy rules know the role by this name.
+HEARTBEAT_ROLE = "bulkhead-heartbeat"
+HEARTBEAT_NAMESPACE = "Bulkhead/Heartbeat"
 
 
 @dataclass(frozen=True)

@@ -259,8 +259,6 @@ class Reader:
     # --- IAM and CloudFront (global services) ---
 
     def _roles(self, scope: Scope) -> list[Item]:
-        if scope.region != scope.regions[0]:
-            return []
         iam = self.clients("iam", scope.region, scope.role_arn)
         items = []
         for page in iam.get_paginator("list_roles").paginate():

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bulkhead import topology
 from bulkhead.errors import UsageError
 from bulkhead.ops.policy_model import ACCESS_LOGS, ARCHIVE, PURPOSE_TAG, Item, as_list
 
@@ -34,8 +35,6 @@ DESTRUCTIVE_S3 = ("s3:DeleteObject", "s3:DeleteObjectVersion", "s3:BypassGoverna
 # does not send it for instance profiles (see infra/components/host_helpers.py).
 SOURCE_ACCOUNT_SERVICES = {"s3.amazonaws.com", "vpc-flow-logs.amazonaws.com", "logging.s3.amazonaws.com"}
 INSTANCE_SERVICE = "ec2.amazonaws.com"
-# The one cross-account trust the rules admit (the alerting issue's heartbeat into the status account).
-HEARTBEAT_ROLE = "bulkhead-heartbeat"
 SECRET_IN_TEXT = re.compile(r"(password|secret|passwd)[\"']?\s*[:=]\s*[\"']?(?![{\"'$<])[^\s\"',}]{6,}", re.I)
 
 
@@ -420,7 +419,7 @@ def _trust(items: list[Item], root: Path):
             others = {k: v for k, v in principal.items() if k != "Service"}
             if others:
                 arn_like = (st.get("Condition") or {}).get("ArnLike", {}).get("aws:PrincipalArn")
-                if not (role.name == HEARTBEAT_ROLE and set(others) == {"AWS"} and arn_like):
+                if not (role.name == topology.HEARTBEAT_ROLE and set(others) == {"AWS"} and arn_like):
                     problems.append(f"trusts {others}")
             if len(services) > 1:
                 problems.append(f"trusts {len(services)} services")
