@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from bulkhead import project, topology
-from bulkhead.errors import BulkheadError, UsageError
+from bulkhead.errors import BulkheadError
 from bulkhead.ops import policy_live, policy_model, policy_rules
 
 EXIT_FAILED = 1
@@ -25,17 +25,6 @@ EXIT_FAILED = 1
 
 class PolicyFailed(BulkheadError):
     """At least one rule failed."""
-
-
-def _stacks(files: topology.StackFiles, wanted: str | None) -> list[str]:
-    names = files.names()
-    if not wanted:
-        return names
-    chosen = [s.strip() for s in wanted.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in names]
-    if unknown:
-        raise UsageError(f"unknown stack {', '.join(unknown)}; the stacks are {', '.join(names)}")
-    return chosen
 
 
 def declared_items(project_dir: Path, stacks: list[str]) -> list[policy_model.Item]:
@@ -115,8 +104,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{rule.id:32} {rule.title}")
         return 0
     project_dir = project.find(args.project)
-    files = topology.StackFiles(project_dir)
-    stacks = _stacks(files, args.stacks)
+    stacks = topology.select_stacks(project_dir, args.stacks)
     started = time.monotonic()
     if args.live:
         items, where = live_items(project_dir, stacks)

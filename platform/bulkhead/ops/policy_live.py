@@ -223,13 +223,13 @@ class Reader:
             logging = _get(here.get_bucket_logging, "LoggingEnabled", Bucket=name) or {}
             attrs["logging_target"] = logging.get("TargetBucket")
             items.append(item)
-        key_items = {item.name: item for item in self._keys(keys, scope)}
+        key_items = self._keys(keys, scope)
         for item in items:
             key = key_items.get(item.attrs.get("kms_key") or "")
             item.attrs["kms_customer_managed"] = bool(key and key.attrs["customer_managed"])
             if key:
                 item.attrs["kms_key"] = key.name
-        return items + list(key_items.values())
+        return items + list({id(key): key for key in key_items.values()}.values())
 
     def _bucket_policy(self, s3, item: Item) -> list[dict]:
         live = statements(_get(s3.get_bucket_policy, "Policy", Bucket=item.name))
@@ -243,18 +243,18 @@ class Reader:
                 return wanted
         return live
 
-    def _keys(self, keys: set[tuple[str, str]], scope: Scope) -> list[Item]:
-        items = []
+    def _keys(self, keys: set[tuple[str, str]], scope: Scope) -> dict[str, Item]:
+        """Each key a bucket names, by the id the bucket gives (an ARN or a key id), as one item named by its ARN."""
+        found: dict[str, Item] = {}
         for region, key_id in sorted(keys):
             kms = self.clients("kms", region, scope.role_arn)
             metadata = kms.describe_key(KeyId=key_id)["KeyMetadata"]
-            policy = kms.get_key_policy(KeyId=metadata["KeyId"], PolicyName="default")["Policy"]
-            attrs = {"customer_managed": metadata["KeyManager"] == "CUSTOMER", "policy": statements(policy)}
-            item = Item("kms_key", metadata["Arn"], scope.stack, region, attrs)
-            items.append(item)
-            if key_id != metadata["Arn"]:
-                items.append(Item("kms_key", key_id, scope.stack, region, dict(item.attrs)))
-        return items
+            if metadata["Arn"] not in found:
+                policy = kms.get_key_policy(KeyId=metadata["KeyId"], PolicyName="default")["Policy"]
+                attrs = {"customer_managed": metadata["KeyManager"] == "CUSTOMER", "policy": statements(policy)}
+                found[metadata["Arn"]] = Item("kms_key", metadata["Arn"], scope.stack, region, attrs)
+            found[key_id] = found[metadata["Arn"]]
+        return found
 
     # --- IAM and CloudFront (global services) ---
 

@@ -54,14 +54,17 @@ class Scanner:
 
     def __init__(self, secrets: dict[str, str]) -> None:
         self.secrets = {name: value for name, value in secrets.items() if len(value) >= MIN_SECRET_LENGTH}
+        # Each value as written and base64-encoded (user data, Kubernetes-style secrets), made once.
+        self._needles = {
+            name: (value.encode(), base64.b64encode(value.encode())) for name, value in self.secrets.items()
+        }
         self.places = 0
         self.findings: list[Finding] = []
 
     def text(self, place: str, content: str | bytes) -> None:
         self.places += 1
         data = content.encode() if isinstance(content, str) else content
-        for name, value in self.secrets.items():
-            needles = {value.encode(), base64.b64encode(value.encode())}
+        for name, needles in self._needles.items():
             if any(needle in data for needle in needles):
                 self.findings.append(Finding(name, place))
 
