@@ -72,6 +72,7 @@ def region_stack(spec: topology.RegionSpec) -> None:
             max_connections_per_backend=spec.max_connections_per_backend,
             ansible_repo=spec.ansible_repo,
             ansible_ref=spec.ansible_ref,
+            registry_members=list(spec.database_members().values()),
             tags=tags,
         ),
     )
@@ -108,6 +109,10 @@ def region_stack(spec: topology.RegionSpec) -> None:
             members=spec.database_members(),
             private_subnet_ids=network.private_subnet_ids,
             client_security_group_ids=[cell.security_group_id for cell in cells],
+            registry_client_security_group_ids=[
+                mesh.router_security_group_id,
+                *(cell.security_group_id for cell in cells),
+            ],
             image_id=image.id,
             instance_type=spec.postgres_instance_type,
             retention_days=spec.archive_retention_days,

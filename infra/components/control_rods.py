@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from bulkhead.rods import RODS, parameter_name
+from bulkhead.ops.rods import RODS, parameter_name
 
 
 @dataclass
@@ -38,8 +38,9 @@ class ControlRods(pulumi.ComponentResource):
                 value=rod.default,
                 description=rod.purpose,
                 tags=args.tags,
-                # Operators flip rods during incidents; a later `pulumi up` must not silently undo that.
-                opts=pulumi.ResourceOptions(parent=self, ignore_changes=["value"]),
+                # Operators flip rods during incidents (`bulkhead rods set`, which notes who and when in the
+                # description); a later `pulumi up` must not silently undo either.
+                opts=pulumi.ResourceOptions(parent=self, ignore_changes=["value", "description"]),
             )
             self.parameter_names[rod.name] = parameter.name
         self.register_outputs({"parameterNames": self.parameter_names})

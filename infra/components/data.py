@@ -69,6 +69,8 @@ class PostgresArgs:
     members: dict[str, str]
     private_subnet_ids: dict[str, pulumi.Input[str]]
     client_security_group_ids: list[pulumi.Input[str]]
+    # Who reads and writes the route registry (etcd's client port): the routers and the dyno hosts.
+    registry_client_security_group_ids: list[pulumi.Input[str]]
     image_id: pulumi.Input[str]
     instance_type: str
     retention_days: int
@@ -116,7 +118,12 @@ class Postgres(pulumi.ComponentResource):
                     )
                     for port in (POSTGRES_PORT, PATRONI_PORT)
                 ),
-                # Members replicate, rewind and ask each other's Patroni; etcd members talk only to each other.
+                # Routers watch, and dyno hosts publish, the route records in etcd.
+                aws.ec2.SecurityGroupIngressArgs(
+                    protocol="tcp", from_port=ETCD_CLIENT_PORT, to_port=ETCD_CLIENT_PORT,
+                    security_groups=args.registry_client_security_group_ids,
+                ),
+                # Members replicate, rewind and ask each other's Patroni; etcd's peers talk only to each other.
                 *(
                     aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=low, to_port=high, self=True)
                     for low, high in ((POSTGRES_PORT, POSTGRES_PORT), (PATRONI_PORT, PATRONI_PORT),

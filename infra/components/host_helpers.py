@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import pulumi
 import pulumi_aws as aws
 
-from bulkhead.rods import RODS, parameter_name
+from bulkhead.ops.rods import RODS, parameter_name
 
 # Instance roles trust EC2 alone. No aws:SourceAccount condition: EC2 does not send that key when it
 # assumes a role for an instance profile (IAM's confused-deputy guidance lists the services that do), so

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from bulkhead import bootstrap, parameters
+from bulkhead import bootstrap
 
 from .host_helpers import agent_policy, host_tags, instance_profile, launch_template, per_az_group
 
@@ -36,6 +36,8 @@ class RoutingMeshArgs:
     max_connections_per_backend: int
     ansible_repo: str
     ansible_ref: str
+    # The etcd members (the database hosts' fixed addresses) where dyno hosts publish routes.
+    registry_members: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -63,26 +65,15 @@ class RoutingMesh(pulumi.ComponentResource):
         target_groups = [self._listener(name, args, balancer, port) for port in ROUTER_PORTS]
         profile = instance_profile(
             f"{name}-router",
-            agent_policy(
-                args.region,
-                "Bulkhead/Router",
-                [
-                    {
-                        "Effect": "Allow",
-                        "Action": ["ssm:GetParametersByPath", "ssm:GetParameter"],
-                        "Resource": [
-                            f"arn:aws:ssm:{args.region}:*:parameter{parameters.routes_path(args.region)}",
-                            parameters.arn(args.region, parameters.routes_path(args.region)),
-                        ],
-                    }
-                ],
-            ),
+            agent_policy(args.region, "Bulkhead/Router"),
             self,
             args.tags,
         )
         facts = {
             "bulkhead_region": args.region,
             "router_max_connections_per_backend": args.max_connections_per_backend,
+            # The route registry: etcd on the database members, whose addresses the stack fixes.
+            "router_registry_members": args.registry_members,
         }
         template = launch_template(
             f"{name}-router",

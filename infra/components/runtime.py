@@ -68,13 +68,8 @@ class DynoCell(pulumi.ComponentResource):
             agent_policy(
                 args.region,
                 "Bulkhead/Runtime",
-                # Each host publishes its app processes' routes for the routers (and withdraws them).
+                # Routes go to the registry (etcd), not SSM.
                 [
-                    {
-                        "Effect": "Allow",
-                        "Action": ["ssm:PutParameter", "ssm:DeleteParameter"],
-                        "Resource": [parameters.arn(args.region, parameters.routes_path(args.region))],
-                    },
                     # The apps' database password, and nothing else of the database's.
                     {
                         "Effect": "Allow",

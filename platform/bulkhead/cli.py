@@ -28,6 +28,9 @@ GROUPS = (
     ("status", "bulkhead.ops.status", "host"),
     ("check", "bulkhead.ops.check", "controller"),
     ("secrets", "bulkhead.ops.secrets", "host"),
+    ("rods", "bulkhead.ops.rods", "host"),
+    ("apps", "bulkhead.ops.apps", "controller"),
+    ("agent", "bulkhead.agents.commands", "host"),
 )
 
 

@@ -1,17 +1,12 @@
 """Where hosts meet in SSM Parameter Store: what one host publishes and another reads at first boot.
 
-A first boot knows only its own metadata and tags, so cross-host facts travel through SSM: dyno hosts
-publish their routes for the routers; the initial database primary publishes its address and the
-cluster's passwords for the other members, and the apps' password for the dyno hosts. The roles'
-defaults name the same paths; the program grants each tier exactly its part of them.
+A first boot knows only its own metadata and tags, so cross-host facts travel through SSM: the initial
+database primary publishes its address and the cluster's passwords for the other members, and the apps'
+password for the dyno hosts. The roles' defaults name the same paths; the program grants each tier
+exactly its part of them. (Routes, which change all the time, live in the registry: etcd.)
 """
 
 from __future__ import annotations
-
-
-def routes_path(region: str) -> str:
-    """Under it, one parameter per app process: `<path>/<app>/<instance-id>`, a JSON route record."""
-    return f"/bulkhead/{region}/routes"
 
 
 def database_path(region: str, server: str) -> str:

@@ -10,12 +10,15 @@ are reached.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bulkhead.agents.registry import CLIENT_PORT, Registry
 from bulkhead.ha.cluster import LEADER_ROLES, ClusterError, Member, members
 from bulkhead.hosts.sandbox import HostSpec, Sandboxes, fabric_netns
 
@@ -101,6 +104,19 @@ class Reach:
                 return answer.body
         raise ClusterError(f"no database member of {self.region} answered; see `bulkhead db status --region "
                            f"{self.region}`")  # fmt: skip
+
+    @contextlib.contextmanager
+    def registry(self) -> Iterator[Registry]:
+        """The region's registry (etcd on the database members), through a port forward to each member."""
+        from bulkhead.hosts.fabric import PortForward
+
+        netns = fabric_netns(self.region, self.sandboxes.directory)
+        forwards = [PortForward(netns, spec.address, CLIENT_PORT) for spec in self.database_hosts]
+        try:
+            yield Registry([f"127.0.0.1:{f.port}" for f in forwards])
+        finally:
+            for forward in forwards:
+                forward.close()
 
     def read_file(self, host: HostSpec, path: str) -> str:
         """A file on a host, as its own root holds it."""

@@ -48,6 +48,9 @@ def extra_vars(specs: list[HostSpec], sandboxes: Sandboxes, store: Store, projec
         # The local cloud takes any credentials; on AWS the instance role provides them instead.
         "postgres_environment": local_environment(regions[0] if regions else "us-east-1"),
         "bulkhead_secrets_dir": str(sandboxes.directory / "secrets"),
+        # The host agents reach the local cloud's SSM (the rods) at the same endpoint, with the same credentials.
+        "common_aws_endpoint_url": info.endpoint if info else "",
+        "common_environment": local_environment(regions[0] if regions else "us-east-1"),
         # Sandboxes share this machine's clock: configure chrony, never let it steer the clock.
         "common_time_sync_start": False,
     }

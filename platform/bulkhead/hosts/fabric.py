@@ -210,6 +210,45 @@ def socket_in(netns: str) -> socket.socket:
         return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
 
+class PortForward:
+    """127.0.0.1:`port` on this machine, forwarded to address:target_port inside network namespace `netns`:
+    what SSM Session Manager's port forwarding gives an operator on AWS. Each connection is pumped by two
+    threads; `close` stops listening."""
+
+    def __init__(self, netns: str, address: str, target_port: int) -> None:
+        self.netns, self.target = netns, (address, target_port)
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        upstream = socket_in(self.netns)
+        upstream.settimeout(5)
+        try:
+            upstream.connect(self.target)
+        except OSError:
+            client.close()
+            upstream.close()
+            return
+        upstream.settimeout(None)
+        for pair in ((client, upstream), (upstream, client)):
+            threading.Thread(target=pump, args=pair, daemon=True).start()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
+
 class _Relay(socketserver.BaseRequestHandler):
     target_port: int
 

@@ -96,6 +96,7 @@ def inventory(
             "bulkhead_role": spec.role,
             "bulkhead_region": spec.region,
             "bulkhead_az": spec.az,
+            "bulkhead_cell": spec.tags.get("bulkhead:cell", ""),
         }
         for prefix, tag in TAG_GROUPS:
             if tag in spec.tags:
