@@ -65,7 +65,7 @@ def cmd_singleton(args: argparse.Namespace) -> int:
     if not command:
         raise UsageError("give the command to run after --, e.g. `bulkhead agent singleton --name clock -- ./clock`")
     agent = Singleton(Registry(args.registry.split(",")), args.region, args.name, command, ttl=args.ttl,
-                      margin=args.margin)  # fmt: skip
+                      margin=args.margin, holder=args.holder)  # fmt: skip
     _stop_on_signals(agent)
     return agent.run()
 
@@ -130,6 +130,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "could expire when it cannot renew it.",
     )  # fmt: skip
     single.add_argument("--name", required=True, help="the singleton's name, e.g. sample-clock")
+    single.add_argument("--holder", help="who holds it, as the registry shows (default: the host name)")
     single.add_argument("--ttl", type=int, default=10, help="the lease's seconds (default 10)")
     single.add_argument("--margin", type=float, default=3.0,
                         help="seconds before the lease could expire that the command stops (default 3)")  # fmt: skip

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from bulkhead.agents import dynos, routes
 from bulkhead.agents.registry import Registry, RegistryError
-from bulkhead.agents.singleton import singleton_key
 from bulkhead.files import write_json
 from bulkhead.ops.rods import Reader
 
@@ -172,8 +171,9 @@ class DynoManager:
                     log.info("app declared", extra={"app": desired.app, "formation": desired.formation})
                 return
             except RegistryError as error:
-                log.warning("registry unreachable; the app is declared when it answers",
-                            extra={"error": str(error)[:200]})
+                log.warning(
+                    "registry unreachable; the app is declared when it answers", extra={"error": str(error)[:200]}
+                )
                 self._stop.wait(2.0)
 
     # --- the lease and what lives under it ---
@@ -269,7 +269,8 @@ class DynoManager:
         if process.type in dynos.SINGLETONS:
             registry = ",".join(self.registry.endpoints)
             command = (f"{self.bulkhead_cli} --log-json agent singleton --region {self.host.region} --registry "
-                       f"{registry} --name {process.app}-{process.type} -- {command}")  # fmt: skip
+                       f"{registry} --name {process.app}-{process.type} --holder {self.host.name} "
+                       f"-- {command}")  # fmt: skip
         self.supervisor.start(process, command, {k: str(v) for k, v in environment.items()},
                               self.apps_dir / process.app, self.user, meta)  # fmt: skip
         self.figures.launches += 1
@@ -373,8 +374,3 @@ class DynoManager:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def singleton_holder(registry: Registry, region: str, name: str) -> bytes | None:
-    """Who holds a singleton now (for `bulkhead apps ps` and the drills)."""
-    return registry.get(singleton_key(region, name))

@@ -98,11 +98,21 @@ class Haproxy:
         self._command(f"enable health {name}")
         self._command(f"enable server {name}")
 
-    def remove(self, route: Route) -> None:
+    def readd(self, route: Route) -> None:
+        """A server HAProxy still has (draining, or moved): point it at the route and take traffic again."""
         name = f"app_{route.app}/{route.server}"
-        self._command(f"disable server {name}")
-        self._command(f"shutdown sessions server {name}")
-        self._command(f"del server {name}", "Server deleted")
+        self._command(f"set server {name} addr {route.address} port {route.port}", "")
+        self._command(f"enable server {name}")
+
+    def drain(self, server: str) -> None:
+        """Send `backend/server` no new requests; those in flight finish (it is deleted once idle)."""
+        self._command(f"disable server {server}")
+
+    def delete(self, server: str, force: bool = False) -> None:
+        """Delete a drained server; HaproxyError while it still has connections, unless `force` cuts them."""
+        if force:
+            self._command(f"shutdown sessions server {server}")
+        self._command(f"del server {server}", "Server deleted")
 
     def backends(self) -> set[str]:
         """The app names whose backends the running HAProxy has."""
@@ -119,8 +129,9 @@ class Haproxy:
         return found
 
     def _command(self, command: str, success: str | None = None) -> None:
+        """Run a runtime API command: `success` is text its answer must hold; None: it must answer nothing."""
         answer = self._ask(self.settings.admin_socket, command).strip()
-        if (success and success not in answer) or (not success and answer):
+        if (success and success not in answer) or (success is None and answer):
             raise HaproxyError(f"haproxy refused `{command}`: {answer[:200]}")
 
     @staticmethod

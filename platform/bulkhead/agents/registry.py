@@ -116,6 +116,14 @@ class Registry:
 
         return int(self._call(write)["header"]["revision"])
 
+    def put_many(self, items: list[tuple[str, str | bytes]], lease: int | None = None, batch: int = 100) -> None:
+        """Set many keys, `batch` to a transaction (etcd takes at most 128 operations in one)."""
+        for start in range(0, len(items), batch):
+            puts = [{"request_put": {"key": _b64(k), "value": _b64(v), **({"lease": lease} if lease else {})}}
+                    for k, v in items[start : start + batch]]  # fmt: skip
+            body = {"compare": [], "success": puts, "failure": []}
+            self._call(lambda client, body=body: client.post(client.get_url("/kv/txn"), json=body))
+
     def create(self, key: str, value: str | bytes, lease: int | None = None) -> bool:
         """Set `key` only if it does not exist; whether it was set."""
 

@@ -36,6 +36,8 @@ log = logging.getLogger("bulkhead.agents.router_sync")
 ALERT_SECONDS = 300.0
 # Rejections logged one by one per 10 s; beyond that they are counted only.
 LOGGED_REJECTIONS = 10
+# Seconds a removed route's server may finish its requests before they are cut.
+DRAIN_SECONDS = 30.0
 
 
 @dataclass
@@ -95,6 +97,8 @@ class RouterSync:
         self._failure = ""
         self._retry_at = 0.0
         self._read_only_rod = False
+        # `backend/server` -> when it began draining: removed routes finish their requests before deletion.
+        self.draining: dict[str, float] = {}
 
     # --- the watcher ---
 
@@ -201,23 +205,39 @@ class RouterSync:
         after = {(f"app_{r.app}", r.server): r for r in table.values()}
         try:
             for (backend, server), route in after.items():
+                present = server in live.get(backend, set())
                 old = before.get((backend, server))
-                if server in live.get(backend, set()) and old is not None and old.same_target(route):
+                draining = self.draining.pop(f"{backend}/{server}", None) is not None
+                if present and old is not None and old.same_target(route) and not draining:
                     continue
-                if server in live.get(backend, set()):
-                    self.haproxy.remove(old or route)
-                self.haproxy.add(route)
+                if present:
+                    self.haproxy.readd(route)
+                else:
+                    self.haproxy.add(route)
                 self.state.runtime_changes += 1
-            for (backend, server), route in before.items():
+            for (backend, server), _ in before.items():
                 if (backend, server) not in after and server in live.get(backend, set()):
-                    self.haproxy.remove(route)
+                    self.haproxy.drain(f"{backend}/{server}")
+                    self.draining[f"{backend}/{server}"] = time.time()
                     self.state.runtime_changes += 1
         except HaproxyError as error:
             log.warning("runtime change refused; reloading from the routes file", extra={"error": str(error)[:200]})
             self._reload()
 
+    def reap(self, now: float) -> None:
+        """Delete drained servers once idle; after DRAIN_SECONDS, cut what is still open and delete anyway."""
+        for server, since in list(self.draining.items()):
+            try:
+                self.haproxy.delete(server, force=now - since > DRAIN_SECONDS)
+            except HaproxyError:
+                if now - since > DRAIN_SECONDS:
+                    self.draining.pop(server)  # gone already (a reload), or never to be: stop trying
+                continue
+            self.draining.pop(server)
+
     def _reload(self) -> None:
         self.haproxy.reload()
+        self.draining.clear()  # the new workers start from the routes file, which has none of them
         self.state.reloads += 1
 
     # --- reporting and running ---
@@ -254,6 +274,8 @@ class RouterSync:
                     self.refresh_apps()
                     next_apps = now + 2.0
                 self.step(now)
+                if self.draining and not self._failure:
+                    self.reap(now)
                 if now >= next_report:
                     self.report(now)
                     next_report = now + 1.0

@@ -40,12 +40,12 @@ class Singleton:
     """One singleton's holder on one host."""
 
     def __init__(self, registry: Registry, region: str, name: str, command: list[str], ttl: int = 10,
-                 margin: float = 3.0) -> None:  # fmt: skip
+                 margin: float = 3.0, holder: str | None = None) -> None:  # fmt: skip
         if margin >= ttl:
             raise ValueError("the margin must be shorter than the lease")
         self.registry, self.key, self.command = registry, singleton_key(region, name), command
         self.ttl, self.margin = ttl, margin
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = f"{holder or socket.gethostname()}:{os.getpid()}"
         self._stop = threading.Event()
 
     def acquire(self) -> tuple[int, int, float]:

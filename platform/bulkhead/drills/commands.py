@@ -9,10 +9,21 @@ from rich.console import Console
 from rich.table import Table
 
 from bulkhead import project
-from bulkhead.drills import az_loss, ebs_loss, region_loss
+from bulkhead.drills import az_loss, bad_route_record, ebs_loss, partition_singleton, region_loss, rod_flips
 from bulkhead.drills.report import Report
 from bulkhead.errors import UsageError
 from bulkhead.ha.reach import Reach
+
+# The agents' drills: each reports its figures and goals, and exits 0 only when it met every goal.
+AGENT_DRILLS = (
+    ("bad-route-record", bad_route_record, "10,000 fuzzed route records into the registry while HTTP flows"),
+    ("rods", rod_flips, "flip each control rod and show its agents obey within the bound"),
+    (
+        "partition-singleton",
+        partition_singleton,
+        "cut off the clock's host; prove from fencing tokens it never ran twice",
+    ),
+)
 
 
 def _finish(args: argparse.Namespace, report: Report) -> int:
@@ -90,6 +101,39 @@ def cmd_region_loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def finish_agent_drill(args: argparse.Namespace, report) -> int:
+    """Print an agent drill's report (figures, goals, steps); exit 0 only when every goal is met."""
+    project_dir = project.find(args.project)
+    path = report.save(project.state_dir(project_dir, "drills"))
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        verdict = "goals met" if report.passed else "GOALS MISSED"
+        table = Table(title=f"drill {report.drill} in {report.region}: {verdict} ({path})")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        table.add_column("goal")
+        for name, value in report.figures.items():
+            goal = report.goals.get(name)
+            table.add_row(name, "-" if value is None else str(value),
+                          "" if goal is None else f"{goal['goal']} ({'met' if goal['met'] else 'MISSED'})")  # fmt: skip
+        for name, goal in report.goals.items():
+            if name not in report.figures:
+                table.add_row(name, str(goal["value"]), f"{goal['goal']} ({'met' if goal['met'] else 'MISSED'})")
+        _print(table, report.steps)
+    return 0 if report.passed else 1
+
+
+def _agent_drill(module):
+    def handler(args: argparse.Namespace) -> int:
+        project_dir = project.find(args.project)
+        reach = Reach.of_project(project_dir, args.region)
+        scratch = project.state_dir(project_dir, "drills") / "logs"
+        return finish_agent_drill(args, module.run(reach, scratch, _progress(args), project_dir=project_dir))
+
+    return handler
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `bulkhead drill ...` to the command line."""
     drill = commands.add_parser(
@@ -114,6 +158,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="shared databases to make, write to and restore (default 50)")  # fmt: skip
     region.add_argument("--concurrency", type=int, help="databases restored at once (default: this machine's cores)")
     region.set_defaults(handler=cmd_region_loss)
-    for parser in (az, ebs, region):
+    agent_drills = []
+    for name, module, summary in AGENT_DRILLS:
+        parser = verbs.add_parser(name, help=summary, description=module.__doc__)
+        parser.set_defaults(handler=_agent_drill(module))
+        agent_drills.append(parser)
+    for parser in (az, ebs, region, *agent_drills):
         parser.add_argument("--region", required=True, help="the region whose sandbox hosts to drill")
         parser.add_argument("--json", action="store_true", help="print the report as one JSON object")

@@ -102,6 +102,15 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
     raise DrillError(f"{what} did not happen within {timeout:.0f} s")
 
 
+def poll_until(check: Callable[[], bool], timeout: float, interval: float = 1.0) -> float | None:
+    """Poll `check` every `interval` s; the seconds it took to become true, or None after `timeout` s (a drill
+    then reports the goal as missed rather than failing)."""
+    try:
+        return wait_until(check, timeout, "the check", interval)
+    except DrillError:
+        return None
+
+
 def still_healthy(reach: Reach, timeout: float = 60) -> None:
     """Wait until the cluster is healthy again, right before the fault: the writer has been running, and a
     replica that restarted meanwhile (one the previous drill powered back on) leaves the leader without a

@@ -174,7 +174,7 @@ def set_rod(ssm, region: str, name: str, value: str, by: str, reason: str = "",
                       Description=note[:1024])  # fmt: skip
     change = {"rod": name, "region": region, "from": before["value"], "to": stored, "by": by, "at": at,
               "reason": reason}  # fmt: skip
-    log.warning("rod set", extra=change)
+    log.info("rod set", extra=change)
     return change
 
 
