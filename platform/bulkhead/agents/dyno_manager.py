@@ -36,6 +36,8 @@ from bulkhead.ops.rods import Reader
 log = logging.getLogger("bulkhead.agents.dyno_manager")
 PORTS = (5000, 5999)
 LEASE_TTL = 10
+# Seconds a manager only registers before it takes a share: hosts booting together then agree at once.
+SETTLE_SECONDS = 5
 
 
 def managers_prefix(region: str) -> str:
@@ -149,11 +151,12 @@ class DynoManager:
     def __init__(self, registry: Registry, host: Host, supervisor: Supervisor, apps_dir: Path, state_path: Path,
                  rods: Reader | None = None, user: str = "bulkhead", bulkhead_cli: str = "bulkhead",
                  interval: float = 1.0, boot_timeout: float = 60.0,
-                 breaker: dynos.Breaker | None = None) -> None:  # fmt: skip
+                 breaker: dynos.Breaker | None = None, max_booting: int = 2) -> None:  # fmt: skip
         self.registry, self.host, self.supervisor = registry, host, supervisor
         self.apps_dir, self.state_path, self.rods, self.user = apps_dir, state_path, rods, user
         self.bulkhead_cli, self.interval, self.boot_timeout = bulkhead_cli, interval, boot_timeout
         self.breaker = breaker or dynos.Breaker()
+        self.max_booting = max_booting
         self.figures = Figures(pid=os.getpid(), started_at=time.time())
         self.lease: int | None = None
         self.routes: dict[dynos.Process, routes.Route] = {}
@@ -206,6 +209,8 @@ class DynoManager:
 
     def step(self) -> None:
         self._ensure_lease()
+        if time.time() - self.figures.started_at < SETTLE_SECONDS:
+            return  # let the other managers register first, so the first placement is the lasting one
         desired = self.desired()
         managers, _ = self.registry.get_prefix(managers_prefix(self.host.region))
         hosts = [key[len(managers_prefix(self.host.region)) :] for key in managers]
@@ -229,20 +234,26 @@ class DynoManager:
             if not self._launch(process, restarts.get(process.app, 0)):
                 break  # the rest wait for the next permit
 
-    def _permit(self) -> bool:
-        """One launch of this cell's per-minute budget, and the breaker's consent."""
+    def _permit(self) -> int | None:
+        """One launch of this cell's per-minute budget and the breaker's consent: the minute it counts in, or
+        None. Launches also wait while `max_booting` of this host's are still booting: launching more into
+        slow boots is the feedback loop of February 2012."""
         now = time.time()
+        with self._lock:
+            if len(self.booting) >= self.max_booting:
+                return None
         if not self.breaker.allows(now):
             self.figures.launches_refused_breaker += 1
             return False
         rate = self.figures.launch_rate
-        key = launches_key(self.host.region, self.host.cell, dynos.LaunchWindow.minute(now))
-        if not self.registry.increment_below(key, rate, lease=self._window_lease()):
+        minute = dynos.LaunchWindow.minute(now)
+        if not self.registry.increment_below(launches_key(self.host.region, self.host.cell, minute), rate,
+                                             lease=self._window_lease()):  # fmt: skip
             self.figures.launches_refused_rate += 1
             if self.breaker.state == "half-open":
                 self.breaker.probing = False  # the probe did not happen; let the next round try
-            return False
-        return True
+            return None
+        return minute
 
     def _window_lease(self) -> int:
         # The per-minute counters expire on their own (two minutes), under a lease of their own.
@@ -256,7 +267,8 @@ class DynoManager:
         if process.type not in procfile:
             log.warning("no such process type in the app's Procfile", extra={"dyno": process.name})
             return False
-        if not self._permit():
+        minute = self._permit()
+        if minute is None:
             return False
         meta: dict = {"restarts": restarts, "launched_at": time.time()}
         environment = {"APP_NAME": process.app, "DYNO": f"{process.type}.{process.index}", "PROCESS_TYPE": process.type,
@@ -277,7 +289,8 @@ class DynoManager:
         with self._lock:
             self.booting[process] = time.time()
         threading.Thread(target=self._watch_boot, args=(process, meta.get("port")), daemon=True).start()
-        log.info("launched", extra={"dyno": process.name, "port": meta.get("port")})
+        log.info("launched", extra={"dyno": process.name, "port": meta.get("port"), "cell": self.host.cell,
+                                    "minute": minute, "rate": self.figures.launch_rate})  # fmt: skip
         return True
 
     def _watch_boot(self, process: dynos.Process, port: int | None) -> None:

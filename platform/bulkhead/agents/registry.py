@@ -116,12 +116,19 @@ class Registry:
 
         return int(self._call(write)["header"]["revision"])
 
-    def put_many(self, items: list[tuple[str, str | bytes]], lease: int | None = None, batch: int = 100) -> None:
-        """Set many keys, `batch` to a transaction (etcd takes at most 128 operations in one)."""
+    def put_many(self, items: list[tuple[str, str | bytes | None]], lease: int | None = None, batch: int = 100) -> None:
+        """Set (or, for a None value, delete) many keys, `batch` to a transaction (etcd takes at most 128)."""
         for start in range(0, len(items), batch):
-            puts = [{"request_put": {"key": _b64(k), "value": _b64(v), **({"lease": lease} if lease else {})}}
-                    for k, v in items[start : start + batch]]  # fmt: skip
-            body = {"compare": [], "success": puts, "failure": []}
+            operations = []
+            for key, value in items[start : start + batch]:
+                if value is None:
+                    operations.append({"request_delete_range": {"key": _b64(key)}})
+                else:
+                    put = {"key": _b64(key), "value": _b64(value)}
+                    if lease:
+                        put["lease"] = lease
+                    operations.append({"request_put": put})
+            body = {"compare": [], "success": operations, "failure": []}
             self._call(lambda client, body=body: client.post(client.get_url("/kv/txn"), json=body))
 
     def create(self, key: str, value: str | bytes, lease: int | None = None) -> bool:

@@ -123,7 +123,7 @@ class RouterSync:
             except RegistryError as error:
                 log.warning("registry unreachable; serving the routes we have", extra={"error": str(error)[:300]})
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 2.0)  # short: a registry back must be followed within seconds
             except Exception:  # a bug here must not end the watcher: log it and read everything again
                 log.exception("watcher failed; reading the registry again")
                 self._stop.wait(backoff)
@@ -178,8 +178,9 @@ class RouterSync:
         self._failure = ""
         self.table = outcome.table
         self.state.records_applied += outcome.applied
-        lags = [now - r.at for k, r in outcome.table.items() if k in changes and r.at]
-        self.state.lag_s = round(max(lags), 3) if lags else 0.0
+        if not snapshot:  # a full read carries old records: their age is not the stream's lag
+            lags = [now - r.at for k, r in outcome.table.items() if k in changes and r.at]
+            self.state.lag_s = round(max(lags), 3) if lags else 0.0
         self.state.mode = "following"
 
     def _reject(self, key: str, reason: str, now: float) -> None:

@@ -32,7 +32,7 @@ OK_RATIO_GOAL = 0.999
 SETTLE_TIMEOUT = 60
 
 
-def _live_routes(reach: Reach) -> list[routes.Route]:
+def live_routes(reach: Reach) -> list[routes.Route]:
     with reach.registry() as registry:
         found, _ = registry.get_prefix(routes.routes_prefix(reach.region))
     live = []
@@ -52,7 +52,7 @@ def run(reach: Reach, scratch: Path, on_step: Callable[[str], None] | None = Non
     report = AgentReport("bad-route-record", reach.region)
     step = stepper(report, on_step)
     routers = agent_report.routers_following(reach)
-    targets = _live_routes(reach)
+    targets = live_routes(reach)
     pids = {r.name: agent_pid(reach, r, "router-sync") for r in routers}
     before = {r.name: state(reach, r, ROUTER_STATE).get("records_rejected", 0) for r in routers}
     template = json.loads(targets[0].value())

@@ -9,7 +9,16 @@ from rich.console import Console
 from rich.table import Table
 
 from bulkhead import project
-from bulkhead.drills import az_loss, bad_route_record, ebs_loss, partition_singleton, region_loss, rod_flips
+from bulkhead.drills import (
+    az_loss,
+    bad_route_record,
+    boot_storm,
+    ebs_loss,
+    partition_singleton,
+    region_loss,
+    rod_flips,
+    slow_registry,
+)
 from bulkhead.drills.report import Report
 from bulkhead.errors import UsageError
 from bulkhead.ha.reach import Reach
@@ -18,11 +27,9 @@ from bulkhead.ha.reach import Reach
 AGENT_DRILLS = (
     ("bad-route-record", bad_route_record, "10,000 fuzzed route records into the registry while HTTP flows"),
     ("rods", rod_flips, "flip each control rod and show its agents obey within the bound"),
-    (
-        "partition-singleton",
-        partition_singleton,
-        "cut off the clock's host; prove from fencing tokens it never ran twice",
-    ),
+    ("partition-singleton", partition_singleton, "cut off the clock's host; fencing tokens prove one copy ran"),
+    ("slow-registry", slow_registry, "slow the routers' links to the registry while routes churn at 100/s"),
+    ("boot-storm", boot_storm, "slow one cell's disks while the app scales up: rate cap, breaker, drain"),
 )
 
 

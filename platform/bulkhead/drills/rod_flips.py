@@ -22,6 +22,7 @@ from bulkhead import project
 from bulkhead.agents import routes
 from bulkhead.drills import agent_report, workload
 from bulkhead.drills.agent_report import MANAGER_STATE, ROUTER_STATE, AgentReport, haproxy_servers, state
+from bulkhead.drills.bad_route_record import live_routes
 from bulkhead.drills.common import DrillError, poll_until, stepper
 from bulkhead.drills.report import ok_ratio
 from bulkhead.ha.reach import Reach
@@ -84,7 +85,7 @@ def _router_read_only(reach, ssm, routers, report, step, bound) -> None:
     rods.set_rod(ssm, reach.region, "router-read-only", "on", WHO)
     read_only = lambda: _every(reach, routers, ROUTER_STATE, lambda s: s.get("mode", "").startswith("read-only (rod"))  # noqa: E731
     _timed(report, "router_read_only", read_only, bound)
-    target = next(iter(_live(reach)))
+    target = live_routes(reach)[0]
     route = routes.Route("sample", "drill-rods", target.address, target.port, target.az, time.time())
     with reach.registry() as registry:
         lease = registry.grant(120)
@@ -100,18 +101,6 @@ def _router_read_only(reach, ssm, routers, report, step, bound) -> None:
         report.goal("router_follows_again_s", seconds, f"<= {bound:.0f}", seconds is not None and seconds <= bound)
         registry.revoke(lease)
     step("router-read-only off: the route reaches every router")
-
-
-def _live(reach: Reach) -> list[routes.Route]:
-    with reach.registry() as registry:
-        found, _ = registry.get_prefix(routes.routes_prefix(reach.region))
-    live = []
-    for key, value in found.items():
-        try:
-            live.append(routes.parse(key, value, reach.region, {"sample"}))
-        except routes.Rejected:
-            continue
-    return live
 
 
 def _scale(reach: Reach, project_dir: Path, count: int) -> int:
