@@ -1,6 +1,6 @@
 """One region of the local cloud with real sandbox hosts, every one of its instances, configured once for
-the session: the role checks (test_sandbox_hosts) and the failover drills (test_sandbox_hosts_failover)
-share it, in that order.
+the session: the role checks (test_sandbox_hosts), the agents' drills (test_sandbox_hosts_agents) and the
+failover drills (test_sandbox_hosts_failover) share it, in that order.
 
 testinfra reaches a sandbox exactly as Ansible's connection does (`community.general.chroot` with the
 sandboxes' chroot wrapper as its `chroot_exe`: enter the namespace, then the root), without starting
@@ -82,9 +82,10 @@ def site(project_dir, tmp_path_factory):
     store = Store(base / "local")
     sandboxes = Sandboxes(base / "hosts")
     try:
-        cloud.up([REGION], store, project_dir=project_dir, hosts=sandboxes.directory)
-        # Every host: a router, a dyno host and a database member (with etcd) in each AZ, so that any AZ can
-        # be lost while the others serve.
+        # Two dyno cells, so that the boot-storm drill can slow one and watch the other.
+        cloud.up([REGION], store, project_dir=project_dir, hosts=sandboxes.directory, config={"bulkhead:cells": "2"})
+        # Every host: a router, two dyno hosts (one per cell) and a database member (with etcd) in each AZ, so
+        # that any AZ can be lost while the others serve.
         specs = inventory.local_hosts(REGION, store, project_dir)
         fronts = controller.fronts_of(store.directory)
         sandboxes.up(specs, s3_port=server.running(store.directory).port, fronts=fronts)

@@ -142,7 +142,7 @@ def test_router__answers_health_on_80_redirects_the_rest_and_reaches_apps_in_oth
 
 
 def test_logs__are_one_json_object_per_line(site):
-    checks = {"router": "/var/log/bulkhead/router.log", "dyno_host": "/var/log/bulkhead/app-sample.log",
+    checks = {"router": "/var/log/bulkhead/router.log", "dyno_host": "/var/log/bulkhead/dyno-manager.log",
               "postgres": "/var/log/bulkhead/postgresql/postgresql.json"}  # fmt: skip
     for role, path in checks.items():
         spec = site.of_role(role)[0]

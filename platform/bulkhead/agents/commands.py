@@ -32,8 +32,9 @@ def cmd_router_sync(args: argparse.Namespace) -> int:
     settings = Settings(config=Path(args.haproxy_config), routes=Path(args.routes_file),
                         admin_socket=Path(args.admin_socket), master_socket=Path(args.master_socket),
                         max_connections_per_server=args.max_connections_per_server)  # fmt: skip
+    rods = Reader(_ssm(args), args.region).poll_in_background()
     agent = RouterSync(Registry(args.registry.split(",")), Haproxy(settings), args.region, Path(args.state),
-                       rods=Reader(_ssm(args), args.region), default_app=args.default_app)  # fmt: skip
+                       rods=rods, default_app=args.default_app)  # fmt: skip
     _stop_on_signals(agent)
     agent.run()
     return 0
@@ -46,8 +47,9 @@ def cmd_dyno_manager(args: argparse.Namespace) -> int:
     from bulkhead.ops.rods import Reader
 
     host = Host(args.host, args.address, args.az, args.cell, args.region)
+    rods = Reader(_ssm(args), args.region).poll_in_background()
     agent = DynoManager(Registry(args.registry.split(",")), host, Supervisor(Path(args.conf_dir), Path(args.log_dir)),
-                        Path(args.apps_dir), Path(args.state), rods=Reader(_ssm(args), args.region),
+                        Path(args.apps_dir), Path(args.state), rods=rods,
                         user=args.user, bulkhead_cli=args.bulkhead_cli, boot_timeout=args.boot_timeout,
                         breaker=Breaker(slow_s=args.slow_boot, cooldown_s=args.breaker_cooldown))  # fmt: skip
     for declaration in args.declare:

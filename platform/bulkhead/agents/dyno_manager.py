@@ -234,17 +234,17 @@ class DynoManager:
             if not self._launch(process, restarts.get(process.app, 0)):
                 break  # the rest wait for the next permit
 
-    def _permit(self) -> int | None:
-        """One launch of this cell's per-minute budget and the breaker's consent: the minute it counts in, or
-        None. Launches also wait while `max_booting` of this host's are still booting: launching more into
-        slow boots is the feedback loop of February 2012."""
+    def _permit(self) -> float | None:
+        """One launch of this cell's per-minute budget and the breaker's consent: when it was given, or None.
+        Launches also wait while `max_booting` of this host's are still booting: launching more into slow boots
+        is the feedback loop of February 2012."""
         now = time.time()
         with self._lock:
             if len(self.booting) >= self.max_booting:
                 return None
         if not self.breaker.allows(now):
             self.figures.launches_refused_breaker += 1
-            return False
+            return None
         rate = self.figures.launch_rate
         minute = dynos.LaunchWindow.minute(now)
         if not self.registry.increment_below(launches_key(self.host.region, self.host.cell, minute), rate,
@@ -253,7 +253,7 @@ class DynoManager:
             if self.breaker.state == "half-open":
                 self.breaker.probing = False  # the probe did not happen; let the next round try
             return None
-        return minute
+        return now
 
     def _window_lease(self) -> int:
         # The per-minute counters expire on their own (two minutes), under a lease of their own.
@@ -267,8 +267,8 @@ class DynoManager:
         if process.type not in procfile:
             log.warning("no such process type in the app's Procfile", extra={"dyno": process.name})
             return False
-        minute = self._permit()
-        if minute is None:
+        permitted_at = self._permit()
+        if permitted_at is None:
             return False
         meta: dict = {"restarts": restarts, "launched_at": time.time()}
         environment = {"APP_NAME": process.app, "DYNO": f"{process.type}.{process.index}", "PROCESS_TYPE": process.type,
@@ -290,7 +290,7 @@ class DynoManager:
             self.booting[process] = time.time()
         threading.Thread(target=self._watch_boot, args=(process, meta.get("port")), daemon=True).start()
         log.info("launched", extra={"dyno": process.name, "port": meta.get("port"), "cell": self.host.cell,
-                                    "minute": minute, "rate": self.figures.launch_rate})  # fmt: skip
+                                    "permitted_at": permitted_at, "rate": self.figures.launch_rate})  # fmt: skip
         return True
 
     def _watch_boot(self, process: dynos.Process, port: int | None) -> None:

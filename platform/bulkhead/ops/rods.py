@@ -98,13 +98,27 @@ class Reader:
         self.values = {r.name: r.default for r in RODS}
         self.read_at = 0.0
         self.failures = 0
+        self._polling = False
         self._lock = threading.Lock()
 
     def value(self, name: str) -> str:
+        """The rod's value: as the background poll last read it, or (without one) read now when stale."""
         with self._lock:
-            if time.monotonic() - self.read_at >= self.poll_seconds:
+            if not self._polling and time.monotonic() - self.read_at >= self.poll_seconds:
                 self._read()
             return self.values[name]
+
+    def poll_in_background(self) -> Reader:
+        """Read the rods every poll on a thread of their own, so that a slow SSM never holds up the agent."""
+        self._polling = True
+
+        def poll() -> None:
+            while True:
+                self._read()
+                time.sleep(self.poll_seconds)
+
+        threading.Thread(target=poll, name="rods", daemon=True).start()
+        return self
 
     def on(self, name: str) -> bool:
         return self.value(name) == "on"

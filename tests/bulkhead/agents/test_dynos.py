@@ -41,7 +41,8 @@ def test_placement__deals_every_process_once_over_the_hosts_whatever_their_order
     # Scaling one app moves none of another's processes.
     bigger = placement([Desired("sample", {"web": 9, "clock": 1}), Desired("billing", {"web": 2})], ["h1", "h2", "h3"])
     assert {h: [p for p in ps if p.app == "billing"] for h, ps in bigger.items()} == {
-        h: [p for p in ps if p.app == "billing"] for h, ps in plan.items()}
+        h: [p for p in ps if p.app == "billing"] for h, ps in plan.items()
+    }
 
 
 def test_program_names__round_trip_and_ignore_other_programs():
