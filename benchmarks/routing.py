@@ -7,8 +7,9 @@ answering 200 on four ports as the backends, so that the routers are what is mea
 Figures:
 - propagation: from a route's registration in etcd to the router answering with it (the app `probe`, whose
   only route it is), median and p99 of 30; baseline: the issue's goal of 2 s (ratio below 1.00 meets it);
-- requests/s through one router with 1,000 routes (wrk, 2 threads, 32 connections, 10 s), the agent's
-  HAProxy against the static one: ratio agent/static (1.00: the runtime API costs nothing);
+- requests/s through one router with 1,000 routes (wrk, 2 threads, 32 connections, 10 s, best of three,
+  alternated), the agent's HAProxy against the static one: ratio agent/static (1.00: the runtime API costs
+  nothing);
 - the agent's resident memory with 10,000 routes applied.
 """
 
@@ -37,7 +38,7 @@ ROUTER, BACKENDS = "10.99.0.1", "10.99.0.2"
 BACKEND_PORTS = (5001, 5002, 5003, 5004)
 GOAL_PROPAGATION_S = 2.0
 GLOBAL = """global
-    maxconn 20000
+    maxconn 4000
 {socket}
 defaults
     mode http
@@ -66,8 +67,8 @@ class Namespace:
         self.processes.append(process)
         return process
 
-    def run(self, *command: str, timeout: float = 120) -> str:
-        return sh("ip", "netns", "exec", self.name, *command, timeout=timeout).stdout
+    def run(self, *command: str, timeout: float = 120, stdin: str | None = None) -> str:
+        return sh("ip", "netns", "exec", self.name, *command, timeout=timeout, input=stdin).stdout
 
     def close(self) -> None:
         for process in reversed(self.processes):
@@ -91,10 +92,10 @@ def wait(check, timeout: float, what: str) -> None:
     raise SystemExit(f"{what} did not happen within {timeout:.0f} s")
 
 
-def registry_call(ns: Namespace, code: str) -> str:
-    """Run registry code inside the namespace (etcd listens only there)."""
+def registry_call(ns: Namespace, code: str, stdin: str | None = None) -> str:
+    """Run registry code inside the namespace (etcd listens only there); `stdin` is its standard input."""
     program = f"from bulkhead.agents.registry import Registry\nr = Registry(['{ROUTER}:2379'])\n{code}"
-    return ns.run(sys.executable, "-c", program, timeout=600)
+    return ns.run(sys.executable, "-c", program, timeout=600, stdin=stdin)
 
 
 def routes_for(count: int, app: str = "sample") -> list[Route]:
@@ -104,7 +105,7 @@ def routes_for(count: int, app: str = "sample") -> list[Route]:
 
 def put_routes(ns: Namespace, routes: list[Route], lease_ttl: int = 3600) -> None:
     items = json.dumps([(r.key(REGION), r.value()) for r in routes])
-    registry_call(ns, f"import json\nl = r.grant({lease_ttl})\nr.put_many(json.loads({items!r}), lease=l)")
+    registry_call(ns, f"import json, sys\nl = r.grant({lease_ttl})\nr.put_many(json.load(sys.stdin), lease=l)", items)
 
 
 def agent_state(work: Path) -> dict:
@@ -140,7 +141,7 @@ def main() -> int:
         frontend = (f"frontend edge\n    bind {ROUTER}:8080\n    use_backend app_%[req.hdr(host),field(1,:),field(1,.),"
                     "lower]\n    default_backend app_sample\n")  # fmt: skip
         (work / "check.cfg").write_text(GLOBAL.format(socket="") + frontend)
-        admin = f"    stats socket {work}/admin.sock mode 600 level admin"
+        admin = f"    stats socket {work}/admin.sock mode 600 level admin expose-fd listeners"
         (work / "router.cfg").write_text(GLOBAL.format(socket=admin) + frontend)
         (work / "routes.cfg").write_text("backend app_sample\n    balance leastconn\n")
         ns.start("haproxy", "-W", "-db", "-f", str(work / "router.cfg"), "-f", str(work / "routes.cfg"), "-S",
@@ -183,13 +184,24 @@ def main() -> int:
         ns.start("haproxy", "-db", "-f", str(static), log=work / "static.log")
         wait(lambda: "8081" in ns.run("ss", "-ltn"), 20, "the static router listening")
         time.sleep(3)  # both have health-checked their servers
-        agent_rps, static_rps = wrk(ns, 8080), wrk(ns, 8081)
+        # Alternated, best of three each: this machine is shared and noisy. First with the servers the agent
+        # added through the runtime API, then once it has consolidated them with a reload.
+        runtime_rps, static_rps = wrk(ns, 8080), wrk(ns, 8081)  # one pair: 20 s, within the agent's 30 s
+        wait(lambda: agent_state(work).get("consolidations", 0) >= 1, 90, "the agent consolidating by a reload")
+        time.sleep(3)
+        runs = [(wrk(ns, 8080), wrk(ns, 8081)) for _ in range(3)]
+        agent_rps, static_rps = max(a for a, _ in runs), max(static_rps, *(b for _, b in runs))
 
         # Memory at 10,000 routes.
         put_routes(ns, routes_for(10_000))
         wait(lambda: agent_state(work).get("routes", 0) >= 10_000, 300, "10,000 routes applied")
         time.sleep(2)
         rss = agent_state(work).get("rss_bytes", 0) / 2**20
+    except SystemExit:
+        for name in ("agent.log", "router.log", "state.json", "routes.cfg"):
+            path = work / name
+            print(f"--- {name}\n" + (path.read_text()[-2000:] if path.exists() else "(none)"), file=sys.stderr)
+        raise
     finally:
         ns.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -204,6 +216,8 @@ def main() -> int:
     )
     table.add_row("requests/s, 1,000 routes", f"{agent_rps:,.0f}", f"static HAProxy {static_rps:,.0f}",
                   f"{agent_rps / static_rps:.2f}")  # fmt: skip
+    table.add_row("  the same before consolidating", f"{runtime_rps:,.0f}", f"static HAProxy {static_rps:,.0f}",
+                  f"{runtime_rps / static_rps:.2f}")  # fmt: skip
     table.add_row("agent memory, 10,000 routes", f"{rss:.1f} MiB", "-", "-")
     Console().print(table)
     return 0 if p99 < GOAL_PROPAGATION_S else 1

@@ -79,12 +79,6 @@ class Haproxy:
             raise HaproxyError(f"haproxy -c refused the routes: {(check.stderr or check.stdout).strip()[-300:]}")
         os.replace(candidate, self.settings.routes)
 
-    def current_routes(self) -> str:
-        try:
-            return self.settings.routes.read_text()
-        except FileNotFoundError:
-            return ""
-
     def reload(self) -> None:
         """Ask the master to start new workers on the files as they are; old ones finish their requests."""
         answer = self._ask(self.settings.master_socket, "reload")

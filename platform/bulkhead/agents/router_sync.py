@@ -38,6 +38,8 @@ ALERT_SECONDS = 300.0
 LOGGED_REJECTIONS = 10
 # Seconds a removed route's server may finish its requests before they are cut.
 DRAIN_SECONDS = 30.0
+# Seconds without a change after which servers added at runtime are reloaded from the routes file.
+CONSOLIDATE_SECONDS = 30.0
 
 
 @dataclass
@@ -56,6 +58,7 @@ class State:
     alert_reason: str = ""
     apply_failures: int = 0
     reloads: int = 0
+    consolidations: int = 0
     runtime_changes: int = 0
     resyncs: int = 0
     overflowed: int = 0
@@ -99,6 +102,12 @@ class RouterSync:
         self._read_only_rod = False
         # `backend/server` -> when it began draining: removed routes finish their requests before deletion.
         self.draining: dict[str, float] = {}
+        # The routes file HAProxy is known to run (None: not known yet, so the first table is applied whole).
+        self._applied: str | None = None
+        # Since when HAProxy has had servers added through the runtime API (0: none since the last reload),
+        # and when the table last changed.
+        self._runtime_since = 0.0
+        self._last_change = 0.0
 
     # --- the watcher ---
 
@@ -192,14 +201,20 @@ class RouterSync:
             log.warning("route record rejected", extra={"key": key[:120], "reason": reason})
 
     def _apply(self, table: dict[str, routes.Route]) -> None:
+        """Make HAProxy serve `table`; remember the routes file it then runs, so a failure is retried whole."""
+        self._apply_changes(table)
+
+    def _apply_changes(self, table: dict[str, routes.Route]) -> None:
         """Make HAProxy serve `table`: the routes file first (checked), then the runtime API or a reload."""
         apps = set(self.apps) | {self.default_app} | {r.app for r in table.values()}
         text = render(table.values(), apps, self.haproxy.settings)
-        if text == self.haproxy.current_routes():
+        if text == self._applied:
             return
+        self._last_change = time.time()
         self.haproxy.write_routes(text)
         if self.haproxy.backends() != backends(text):
             self._reload()  # a backend comes or goes: only a reload makes one
+            self._applied = text
             return
         live = self.haproxy.servers()
         before = {(f"app_{r.app}", r.server): r for r in self.table.values()}
@@ -216,6 +231,7 @@ class RouterSync:
                 else:
                     self.haproxy.add(route)
                 self.state.runtime_changes += 1
+                self._runtime_since = self._runtime_since or time.time()
             for (backend, server), _ in before.items():
                 if (backend, server) not in after and server in live.get(backend, set()):
                     self.haproxy.drain(f"{backend}/{server}")
@@ -224,6 +240,7 @@ class RouterSync:
         except HaproxyError as error:
             log.warning("runtime change refused; reloading from the routes file", extra={"error": str(error)[:200]})
             self._reload()
+        self._applied = text
 
     def reap(self, now: float) -> None:
         """Delete drained servers once idle; after DRAIN_SECONDS, cut what is still open and delete anyway."""
@@ -236,7 +253,17 @@ class RouterSync:
                 continue
             self.draining.pop(server)
 
+    def consolidate(self, now: float) -> None:
+        """Reload once the table has been still for CONSOLIDATE_SECONDS after runtime changes: HAProxy 2.6
+        serves servers added at runtime at about half the rate of those read from a file (benchmarks/
+        routing.py), so the runtime API carries the churn and a quiet moment's reload restores the rate."""
+        if self._runtime_since and now - self._last_change >= CONSOLIDATE_SECONDS and not self.draining:
+            self._reload()
+            self.state.consolidations += 1
+            log.info("runtime changes consolidated by a reload")
+
     def _reload(self) -> None:
+        self._runtime_since = 0.0
         self.haproxy.reload()
         self.draining.clear()  # the new workers start from the routes file, which has none of them
         self.state.reloads += 1
@@ -277,6 +304,8 @@ class RouterSync:
                 self.step(now)
                 if self.draining and not self._failure:
                     self.reap(now)
+                if not self._failure and not self._read_only_rod:
+                    self.consolidate(now)
                 if now >= next_report:
                     self.report(now)
                     next_report = now + 1.0

@@ -130,7 +130,9 @@ class Reader:
             found = self.ssm.get_parameters(Names=names)["Parameters"]
         except Exception as error:  # any SDK or network failure: keep the values we had
             self.failures += 1
-            log.warning("rods could not be read; keeping the last values", extra={"error": str(error)[:200]})
+            if self.failures == 1 or self.failures % 30 == 0:  # once, then about every minute
+                log.warning("rods could not be read; keeping the last values",
+                            extra={"error": str(error)[:200], "failures": self.failures})  # fmt: skip
             return
         for parameter in found:
             name = parameter["Name"].rsplit("/", 1)[1]
