@@ -149,15 +149,20 @@ def test_region_stack__one_postgres_and_etcd_member_per_az_at_fixed_addresses(re
         assert facts["postgres_maximum_lag_on_failover"] == 1048576
 
 
-def test_region_stack__etcd_and_patroni_reachable_only_from_members_and_dyno_hosts(region):
+def test_region_stack__etcd_and_patroni_reachable_only_from_members_dyno_hosts_and_routers(region):
     _, run = region
-    (database,) = [g for g in run.of_type("aws:ec2/securityGroup:SecurityGroup") if "PostgreSQL" in
-                   g.inputs.get("description", "")]  # fmt: skip
+    groups = run.of_type("aws:ec2/securityGroup:SecurityGroup")
+    (database,) = [g for g in groups if "PostgreSQL" in g.inputs.get("description", "")]
     rules = {(r["fromPort"], r["toPort"], bool(r.get("self")), bool(r.get("securityGroups")))
              for r in database.inputs["ingress"]}  # fmt: skip
-    assert rules == {(5432, 5432, False, True), (8008, 8008, False, True),
+    assert rules == {(5432, 5432, False, True), (8008, 8008, False, True), (2379, 2379, False, True),
                      (5432, 5432, True, False), (8008, 8008, True, False), (2379, 2380, True, False)}  # fmt: skip
     assert not any(r.get("cidrBlocks") for r in database.inputs["ingress"])
+    # The route registry's client port: the routers watch it, the dyno hosts publish to it; no one else.
+    (registry,) = [r for r in database.inputs["ingress"] if r["fromPort"] == 2379 and r.get("securityGroups")]
+    routers = [g.id for g in groups if g.inputs.get("description", "").startswith("Bulkhead routers")]
+    cells = [g.id for g in groups if g.inputs.get("description", "").startswith("Bulkhead dyno cell")]
+    assert sorted(registry["securityGroups"]) == sorted(routers + cells) and len(routers) == 1 and cells
 
 
 def _verdicts(project_dir, run: StackRun, rules: set[str]) -> dict[tuple[str, str], str]:

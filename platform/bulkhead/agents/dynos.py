@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bulkhead.agents.routes import APP_NAME
+from bulkhead.errors import BulkheadError
 
 PROCESS_TYPES = ("web", "clock")
 SINGLETONS = frozenset({"clock"})
@@ -23,7 +24,7 @@ MAX_PROCESSES = 100
 PROGRAM = re.compile(r"dyno-(?P<app>[a-z][a-z0-9-]{0,29})-(?P<type>[a-z]+)-(?P<index>[0-9]{1,3})")
 
 
-class BadDesiredState(ValueError):
+class BadDesiredState(BulkheadError):
     """An app's desired state the manager cannot follow; the message says which part."""
 
 

@@ -18,6 +18,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from bulkhead.errors import BulkheadError
+
 # Longest record a router reads; a route is about 120 bytes, so anything near this is not a route.
 MAX_RECORD_BYTES = 1024
 # The names that reach HAProxy's configuration: letters, digits and a few separators, nothing a config
@@ -66,7 +68,7 @@ class Route:
         return (self.app, self.host, self.address, self.port) == (other.app, other.host, other.address, other.port)
 
 
-class Rejected(ValueError):
+class Rejected(BulkheadError):
     """A record a router will not apply; the message is the reason, short enough for a metric label."""
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 
 from bulkhead.agents.registry import Registry, RegistryError
+from bulkhead.errors import UsageError
 
 log = logging.getLogger("bulkhead.agents.singleton")
 
@@ -42,7 +43,7 @@ class Singleton:
     def __init__(self, registry: Registry, region: str, name: str, command: list[str], ttl: int = 10,
                  margin: float = 3.0, holder: str | None = None) -> None:  # fmt: skip
         if margin >= ttl:
-            raise ValueError("the margin must be shorter than the lease")
+            raise UsageError(f"--margin {margin} must be shorter than --ttl {ttl}")
         self.registry, self.key, self.command = registry, singleton_key(region, name), command
         self.ttl, self.margin = ttl, margin
         self.holder = f"{holder or socket.gethostname()}:{os.getpid()}"

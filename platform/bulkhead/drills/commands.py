@@ -136,7 +136,8 @@ def _agent_drill(module):
         project_dir = project.find(args.project)
         reach = Reach.of_project(project_dir, args.region)
         scratch = project.state_dir(project_dir, "drills") / "logs"
-        return finish_agent_drill(args, module.run(reach, scratch, _progress(args), project_dir=project_dir))
+        extra = {"records": args.records} if getattr(args, "records", None) else {}
+        return finish_agent_drill(args, module.run(reach, scratch, _progress(args), project_dir=project_dir, **extra))
 
     return handler
 
@@ -170,6 +171,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser = verbs.add_parser(name, help=summary, description=module.__doc__)
         parser.set_defaults(handler=_agent_drill(module))
         agent_drills.append(parser)
+        if module is bad_route_record:
+            parser.add_argument("--records", type=int, default=bad_route_record.RECORDS,
+                                help=f"fuzzed records to write (default {bad_route_record.RECORDS:,})")  # fmt: skip
     for parser in (az, ebs, region, *agent_drills):
         parser.add_argument("--region", required=True, help="the region whose sandbox hosts to drill")
         parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
