@@ -69,6 +69,19 @@ def test_apps_ps__one_line_per_process_naming_its_app(site, agents):
     assert len(web) == 3 and len(clock) == 1, lines
 
 
+def test_dyno_manager__a_process_nobody_asked_for_is_stopped(site, agents):
+    """Process accounting: a dyno program of an app nobody declared (a phantom) is stopped by the manager."""
+    dyno = site.of_role("dyno_host")[0]
+    host = site.host(dyno)
+    host.run_expect([0], "printf '[program:dyno-phantom-web-1]\\ncommand=/bin/sleep 600\\nautostart=true\\n' "
+                         "> /etc/supervisor/conf.d/dyno-phantom-web-1.conf && supervisorctl update")  # fmt: skip
+    assert "RUNNING" in host.run("supervisorctl status dyno-phantom-web-1").stdout
+    stopped = poll_until(lambda: "no such process" in host.run("supervisorctl status dyno-phantom-web-1").stdout.lower()
+                         or "ERROR" in host.run("supervisorctl status dyno-phantom-web-1").stdout, 20)  # fmt: skip
+    assert stopped is not None, host.run("supervisorctl status").stdout
+    assert not host.file("/etc/supervisor/conf.d/dyno-phantom-web-1.conf").exists
+
+
 def test_router_agent__when_haproxy_refuses_every_change_it_keeps_serving_the_last_good_table(site, agents):
     """A fault to a file: the settings a routes file is checked against become unreadable, so no new table can
     be applied. The agent must stay up, read-only, with its alert raised, and HTTP must keep flowing."""

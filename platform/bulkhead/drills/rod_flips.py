@@ -143,11 +143,11 @@ def _lockdown(reach, ssm, dynos, report, step, bound, project_dir) -> None:
     refused = _scale(reach, project_dir, before + 1) != 0
     report.goal("lockdown_refuses_scale", refused, "apps scale refused", refused)
     # A crash under lockdown: one web process killed; lockdown must not leave it dead.
-    host = dynos[0]
-    victim = next((p for p in state(reach, host, MANAGER_STATE).get("processes", {}) if p.startswith("sample web.")),
-                  None)  # fmt: skip
-    if victim is None:
-        raise DrillError(f"no web process of sample runs on {host.name}; see `bulkhead apps ps`")
+    running = [(h, p) for h in dynos for p in state(reach, h, MANAGER_STATE).get("processes", {})
+               if p.startswith("sample web.")]  # fmt: skip
+    if not running:
+        raise DrillError(f"no web process of sample runs in {reach.region}; see `bulkhead apps ps`")
+    host, victim = running[0]
     program = "dyno-sample-" + victim.split()[1].replace(".", "-")
     pid = agent_report.agent_pid(reach, host, program)
     reach.sandboxes.run(host, "kill", "-KILL", str(pid), timeout=30)
