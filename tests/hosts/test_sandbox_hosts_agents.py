@@ -75,7 +75,7 @@ def test_dyno_manager__a_process_nobody_asked_for_is_stopped(site, agents):
     host = site.host(dyno)
     host.run_expect([0], "printf '[program:dyno-phantom-web-1]\\ncommand=/bin/sleep 600\\nautostart=true\\n' "
                          "> /etc/supervisor/conf.d/dyno-phantom-web-1.conf && supervisorctl update")  # fmt: skip
-    assert "RUNNING" in host.run("supervisorctl status dyno-phantom-web-1").stdout
+    assert host.run("supervisorctl status dyno-phantom-web-1").stdout.split()[1] in ("STARTING", "RUNNING")
     stopped = poll_until(lambda: "no such process" in host.run("supervisorctl status dyno-phantom-web-1").stdout.lower()
                          or "ERROR" in host.run("supervisorctl status dyno-phantom-web-1").stdout, 20)  # fmt: skip
     assert stopped is not None, host.run("supervisorctl status").stdout

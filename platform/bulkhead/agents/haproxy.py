@@ -72,7 +72,7 @@ class Haproxy:
         file is never written."""
         candidate = self.settings.routes.with_name(self.settings.routes.name + ".new")
         candidate.write_text(text)
-        command = [self.settings.binary, "-c", "-q", "-f", str(self.settings.config), "-f", str(candidate)]
+        command = [self.settings.binary, "-c", "-f", str(self.settings.config), "-f", str(candidate)]
         check = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
         if check.returncode != 0:
             candidate.unlink(missing_ok=True)

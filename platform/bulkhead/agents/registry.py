@@ -202,12 +202,14 @@ class Registry:
 
     # --- watching ---
 
-    def watch_prefix(self, prefix: str, start_revision: int, idle_timeout: float = 30.0) -> Iterator[Event]:
+    def watch_prefix(self, prefix: str, start_revision: int, idle_timeout: float = 15.0) -> Iterator[Event]:
         """Every change under `prefix` from `start_revision` on, as it happens. The iterator ends when the
         stream does (the member went away, the revision was compacted, nothing came for `idle_timeout` s);
-        the caller then reads everything again and watches from there."""
+        the caller then reads everything again and watches from there. The watch asks for progress
+        notifications (every 5 s with the etcd role's settings), so a quiet stream still speaks, and one
+        silent for `idle_timeout` is dead: a link that broke without a word."""
         request = {"create_request": {"key": _b64(prefix), "range_end": _prefix_end(prefix),
-                                      "start_revision": start_revision}}  # fmt: skip
+                                      "start_revision": start_revision, "progress_notify": True}}  # fmt: skip
 
         def open_stream(client: Etcd3Client):
             response = client.session.post(client.get_url("/watch"), json=request, stream=True,

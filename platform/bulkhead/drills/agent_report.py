@@ -76,12 +76,13 @@ def routers_following(reach: Reach) -> list[HostSpec]:
 
 
 def haproxy_servers(reach: Reach, router: HostSpec) -> set[str]:
-    """`backend/server` for every server the router's running HAProxy has."""
+    """`backend/server` for every server the router's running HAProxy routes to: a server in maintenance
+    (a removed route draining before its deletion) gets no request and is left out."""
     result = reach.sandboxes.run(router, "sh", "-c", "echo 'show servers state' | socat - "
                                  "UNIX-CONNECT:/var/lib/bulkhead/router/admin.sock", timeout=15)  # fmt: skip
     servers = set()
     for line in result.stdout.splitlines():
         parts = line.split()
-        if len(parts) > 4 and parts[0].isdigit():
+        if len(parts) > 6 and parts[0].isdigit() and parts[6] == "0":
             servers.add(f"{parts[1]}/{parts[3]}")
     return servers
