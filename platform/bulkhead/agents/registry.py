@@ -202,7 +202,7 @@ class Registry:
 
     # --- watching ---
 
-    def watch_prefix(self, prefix: str, start_revision: int, idle_timeout: float = 15.0) -> Iterator[Event]:
+    def watch_prefix(self, prefix: str, start_revision: int, idle_timeout: float = 8.0) -> Iterator[Event]:
         """Every change under `prefix` from `start_revision` on, as it happens. The iterator ends when the
         stream does (the member went away, the revision was compacted, nothing came for `idle_timeout` s);
         the caller then reads everything again and watches from there. The watch asks for progress

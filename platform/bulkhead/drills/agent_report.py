@@ -61,14 +61,22 @@ def agent_pid(reach: Reach, host: HostSpec, program: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
-def routers_following(reach: Reach) -> list[HostSpec]:
-    """The region's routers, each with its agent following the registry; DrillError otherwise."""
+def _following(figures: dict) -> bool:
+    return figures.get("mode") == "following" and time.time() - figures.get("updated_at", 0) <= 10
+
+
+def routers_following(reach: Reach, timeout: float = 15) -> list[HostSpec]:
+    """The region's routers, each with its agent following the registry (waiting up to `timeout` s: an agent
+    retries a refused change every 5 s); DrillError otherwise."""
     routers = reach.of_role("router")
     if not routers:
         raise DrillError(f"region {reach.region} has no routers; run `bulkhead hosts up` and `hosts configure`")
+    deadline = time.monotonic() + timeout
+    while not all(_following(state(reach, r, ROUTER_STATE)) for r in routers) and time.monotonic() < deadline:
+        time.sleep(0.5)
     for router in routers:
         figures = state(reach, router, ROUTER_STATE)
-        if figures.get("mode") != "following" or time.time() - figures.get("updated_at", 0) > 10:
+        if not _following(figures):
             mode = figures.get("mode", "no state")
             raise DrillError(f"the router agent on {router.name} is not following the registry ({mode}); see "
                              "/var/log/bulkhead/router-sync.log there")  # fmt: skip

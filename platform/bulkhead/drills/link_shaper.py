@@ -113,7 +113,8 @@ class SlowLink:
             _DelayedPipe(upstream, client, self)
 
     def stop(self) -> None:
-        """The link recovers: the proxy goes, its connections are reset, and the addresses are remote again."""
+        """The link recovers: the proxy stops listening and resets its connections (while their local address
+        still exists, so that each end hears of it), then the addresses are remote again."""
         for listener in self._listeners:
             with contextlib.suppress(OSError):
                 listener.close()

@@ -70,11 +70,19 @@ def run(reach: Reach, scratch: Path, on_step: Callable[[str], None] | None = Non
             if not probes.wait_for(5, timeout=30):
                 raise DrillError(f"the prober got no answer through the routers; see {probes.log}")
             threading.Thread(target=sample, daemon=True).start()
+            resyncs = {r.name: state(reach, r, ROUTER_STATE).get("resyncs", 0) for r in routers}
             for link in links:
                 link.start()
             slowed_at = time.time()
             step(f"links of {len(routers)} router agents to the registry slowed ({LATENCY_S * 1000:.0f} ms, "
                  f"{LOSS:.0%} loss)")  # fmt: skip
+            # A connection open before the slowdown goes silent rather than slow (its packets now reach the
+            # proxy's address, locally); each agent finds its watch dead within its idle timeout and watches
+            # again, through the slow link. The churn starts once every agent does.
+            rewatched = poll_until(lambda: all(state(reach, r, ROUTER_STATE).get("resyncs", 0) > resyncs[r.name]
+                                               for r in routers), 30, interval=0.5)  # fmt: skip
+            step("every agent watches through the slow link" if rewatched is not None
+                 else "not every agent watched again within 30 s")  # fmt: skip
             changes = _churn(registry, reach.region, targets, lease, churn_s)
             step(f"{changes} route changes at {CHANGES_PER_S}/s")
         finally:
