@@ -170,19 +170,13 @@ def reconcile(mine: list[Process], running: list[Running], restarts: dict[str, i
 
 
 class LaunchWindow:
-    """The `dyno-launch-rate` rod as a cap: at most `rate` launches in any minute-long window per cell.
-
-    The count lives in the registry (one key per cell and minute), so all hosts of a cell share it;
-    this is the decision: whether one more launch fits.
-    """
+    """The `dyno-launch-rate` rod as a cap: at most `rate` launches per cell in each minute of the clock. The
+    count lives in the registry (one key per cell and minute, incremented only below the rate, atomically),
+    so all hosts of a cell share it."""
 
     @staticmethod
     def minute(now: float) -> int:
         return int(now // 60)
-
-    @staticmethod
-    def fits(count_this_minute: int, rate: int) -> bool:
-        return count_this_minute < rate
 
 
 class Breaker:

@@ -182,10 +182,6 @@ class Registry:
     def delete(self, key: str) -> None:
         self._call(lambda client: client.delete(key))
 
-    def delete_prefix(self, prefix: str) -> None:
-        body = {"key": _b64(prefix), "range_end": _prefix_end(prefix)}
-        self._call(lambda client: client.post(client.get_url("/kv/deleterange"), json=body))
-
     # --- leases ---
 
     def grant(self, ttl: int) -> int:

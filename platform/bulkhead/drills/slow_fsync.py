@@ -13,7 +13,6 @@ import argparse
 import errno
 import os
 import stat
-import threading
 import time
 
 import mfusepy as fuse
@@ -28,8 +27,6 @@ class SlowFsync(fuse.Operations):
 
     def __init__(self, root_fd: int, delay: float) -> None:
         self.root_fd, self.delay = root_fd, delay
-        self.fsyncs = 0
-        self._lock = threading.Lock()
 
     @staticmethod
     def _rel(path: str) -> str:
@@ -97,8 +94,6 @@ class SlowFsync(fuse.Operations):
         return 0
 
     def fsync(self, path, datasync, fh):
-        with self._lock:
-            self.fsyncs += 1
         time.sleep(self.delay)
         os.fsync(fh)
         return 0
