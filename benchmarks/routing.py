@@ -1,6 +1,7 @@
 """Benchmark: the router agent. Route propagation, throughput against a static HAProxy, memory at 10,000 routes.
 
-Run: .venv/bin/python benchmarks/routing.py   (as root: it makes a network namespace; needs wrk and etcd)
+Run: .venv/bin/python benchmarks/routing.py [--quick]   (as root: it makes a network namespace; needs wrk and
+etcd; --quick measures propagation alone, ten samples, as scripts/demo shows it)
 Everything runs inside a network namespace the benchmark creates and removes: etcd, two HAProxys (one
 driven by `bulkhead agent router-sync`, one with a static config of the same routes), and a third HAProxy
 answering 200 on four ports as the backends, so that the routers are what is measured, not an app.
@@ -121,6 +122,7 @@ def wrk(ns: Namespace, port: int) -> float:
 
 
 def main() -> int:
+    quick = "--quick" in sys.argv[1:]  # propagation only, ten samples: what scripts/demo shows
     for tool in ("wrk", "etcd", "haproxy"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed: apt-get install {'etcd-server' if tool == 'etcd' else tool}")
@@ -159,7 +161,7 @@ def main() -> int:
 
         # Propagation: one route of `probe`, registered, then answered through the router.
         samples = []
-        for n in range(30):
+        for n in range(10 if quick else 30):
             route = Route("probe", f"p{n}", BACKENDS, BACKEND_PORTS[0], "eu-west-1a", time.time())
             started = time.perf_counter()
             registry_call(ns, f"r.put({route.key(REGION)!r}, {route.value()!r})")
@@ -171,6 +173,10 @@ def main() -> int:
                                 f"http://{ROUTER}:8080/") == "503", 30, "the probe route gone")  # fmt: skip
         median = statistics.median(samples)
         p99 = sorted(samples)[min(len(samples) - 1, round(0.99 * len(samples)) - 1)]
+        if quick:
+            print(f"route propagation, registry to served: median {median:.3f} s, p99 {p99:.3f} s "
+                  f"(goal {GOAL_PROPAGATION_S:.0f} s; ratio {p99 / GOAL_PROPAGATION_S:.2f})")  # fmt: skip
+            return 0 if p99 < GOAL_PROPAGATION_S else 1
 
         # Throughput with 1,000 routes: the agent's router against a static config of the same servers.
         thousand = routes_for(1000)
