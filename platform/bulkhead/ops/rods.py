@@ -207,10 +207,10 @@ def history(ssm, region: str, name: str) -> list[dict]:
 
 
 def _clients(args: argparse.Namespace):
-    from bulkhead.ops.secrets import _client
+    from bulkhead.ops.secrets import region_client
 
     project_dir = project.find(args.project)
-    return _client(project_dir, "ssm", args.region), _client(project_dir, "sts", args.region)
+    return region_client(project_dir, "ssm", args.region), region_client(project_dir, "sts", args.region)
 
 
 def _print(rows: list[dict], columns: tuple[str, ...], title: str, as_json: bool) -> None:

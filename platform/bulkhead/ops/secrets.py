@@ -71,10 +71,12 @@ def next_colour(current_user: str) -> str:
 
 def ssm_client(project_dir: Path, region: str):
     """SSM of a region: the local cloud's when one runs for this checkout, else AWS's."""
-    return _client(project_dir, "ssm", region)
+    return region_client(project_dir, "ssm", region)
 
 
-def _client(project_dir: Path, service: str, region: str, direct: bool = False):
+def region_client(project_dir: Path, service: str, region: str, direct: bool = False):
+    """A boto3 client of `service` in `region`: the local cloud's when one runs for this checkout (through the
+    region's front, or with `direct` the moto server itself), else AWS's."""
     from bulkhead.localcloud import controller, server
     from bulkhead.localcloud.aws import LocalAws
     from bulkhead.localcloud.state import Store
@@ -221,7 +223,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     def client(service: str):
         # The moto server itself, not the regions' fronts: a region a drill took off the air is still scanned.
-        return lambda region: _client(project_dir, service, region, direct=True)
+        return lambda region: region_client(project_dir, service, region, direct=True)
 
     from bulkhead.hosts.sandbox import Sandboxes
 
