@@ -65,13 +65,23 @@ def run(reach: Reach, scratch: Path, on_step: Callable[[str], None] | None = Non
         _lockdown(reach, ssm, dynos, report, step, bound, project_dir)
         _maintenance(reach, ssm, report, step, bound, project_dir)
     finally:
-        for rod in rods.RODS:
-            rods.set_rod(ssm, reach.region, rod.name, normal[rod.name], WHO, "drill ends")
-        requests = probes.stop()
+        try:
+            _restore(ssm, reach.region, normal)
+        finally:
+            requests = probes.stop()
     ratio = ok_ratio(requests, started, time.time())
     report.figures["http_ok_ratio"] = ratio
     report.goal("http_ok_ratio", ratio, ">= 0.999", ratio is not None and ratio >= 0.999)
     return report
+
+
+def _restore(ssm, region: str, normal: dict[str, str]) -> None:
+    """Set back only the rods a failed step left flipped: a no-op write would bury each step's own change
+    under a second, identical one in the rod's history."""
+    now = {row["rod"]: row["value"] for row in rods.current(ssm, region)}
+    for rod in rods.RODS:
+        if now[rod.name] != normal[rod.name]:
+            rods.set_rod(ssm, region, rod.name, normal[rod.name], WHO, "drill ends")
 
 
 def _timed(report: AgentReport, name: str, check: Callable[[], bool], bound: float, timeout: float = 30) -> None:
