@@ -41,9 +41,14 @@ def recovery_seconds(writes: Iterable[Attempt], fault_at: float) -> float | None
     return round(min(after) - fault_at, 2) if after else None
 
 
+def lost_writes(writes: Iterable[Attempt], fault_at: float, present: set[int]) -> list[Attempt]:
+    """The writes acknowledged before the fault whose rows the cluster no longer has."""
+    return [w for w in writes if w.ok and w.at <= fault_at and w.number not in present]
+
+
 def rows_lost(writes: Iterable[Attempt], fault_at: float, present: set[int]) -> int:
     """Rows acknowledged before the fault that the cluster no longer has."""
-    return sum(1 for w in writes if w.ok and w.at <= fault_at and w.number not in present)
+    return len(lost_writes(writes, fault_at, present))
 
 
 def ok_ratio(requests: Iterable[Attempt], start: float, end: float) -> float | None:
@@ -67,6 +72,8 @@ class Report:
     old_leader: str = ""
     new_leader: str = ""
     failed_over: bool = False
+    # The first lost rows: their numbers and how long before the fault each was acknowledged.
+    lost: list[dict] = field(default_factory=list)
     detail: dict = field(default_factory=dict)
     steps: list[dict] = field(default_factory=list)
 
@@ -78,7 +85,9 @@ class Report:
         """The figures from the workload's attempts, the rows the cluster has, and the fault's window."""
         self.rto_s = recovery_seconds(writes, fault_at)
         self.rows_acknowledged = sum(a.ok for a in writes)
-        self.rows_lost = rows_lost(writes, fault_at, present)
+        lost = lost_writes(writes, fault_at, present)
+        self.rows_lost = len(lost)
+        self.lost = [{"number": w.number, "before_fault_s": round(fault_at - w.at, 3)} for w in lost[:20]]
         self.http_ok_ratio = ok_ratio(requests, fault_at, fault_ended)
 
     def as_json(self) -> dict:

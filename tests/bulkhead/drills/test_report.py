@@ -40,6 +40,13 @@ def test_rows_lost__counts_only_rows_acknowledged_before_the_fault_and_missing_a
     assert report.rows_lost(attempts, 100.0, present={1, 2, 3}) == 0
 
 
+def test_record__names_each_lost_row_and_how_long_before_the_fault_it_was_acknowledged():
+    drill = report.Report("ebs-loss", "eu-west-1", "eu-west-1a")
+    drill.record(report.parse_attempts(WRITES), [], present={1, 3, 6, 7}, fault_at=100.0, fault_ended=130.0)
+    assert drill.rows_lost == 1 and drill.rows_acknowledged == 5
+    assert drill.lost == [{"number": 2, "before_fault_s": 0.5}]
+
+
 def test_ok_ratio__only_inside_the_window():
     requests = report.parse_attempts("1 99.0 fail\n2 100.5 ok\n3 101.0 fail\n4 102.0 ok\n5 103.0 ok\n6 104.5 fail")
     assert report.ok_ratio(requests, 100.0, 104.0) == 0.75
