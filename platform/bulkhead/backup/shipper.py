@@ -133,7 +133,14 @@ class Ledger:
         self.directory = data_dir / LEDGER_ROOT / ledger_name(archive)
 
     def ensure(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Make the ledger's directories inside the data directory, never the data directory itself: a shipper
+        still running when the volume is lost must not leave a non-empty PGDATA behind, which Patroni would
+        then never rebuild."""
+        try:
+            (self.data_dir / LEDGER_ROOT).mkdir(exist_ok=True)
+            self.directory.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            raise BackupError(f"the data directory {self.data_dir} is gone; nothing there to archive") from None
 
     @property
     def lock_path(self) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bulkhead.backup import shipper
-from bulkhead.backup.settings import Archive, archive_command
+from bulkhead.backup.settings import Archive, BackupError, archive_command
 
 pytestmark = pytest.mark.unit
 MIB = 2**20
@@ -91,6 +91,14 @@ def test_ledger__markers_are_per_archive_and_pruned_once_postgres_is_done_with_t
     assert [n for n in names if ledger.marker(n)] == [names[2]]
 
 
+def test_ledger__never_brings_back_a_data_directory_that_is_gone(tmp_path):
+    # A shipper outlives its volume: making its ledger must not leave a non-empty PGDATA for Patroni to trust.
+    gone = tmp_path / "main"
+    with pytest.raises(BackupError, match="is gone"):
+        shipper.Ledger(gone, ARCHIVE).ensure()
+    assert not gone.exists()
+
+
 def _fake_python_path(tmp_path: Path) -> Path:
     """A stand-in for the bulkhead CLI that archive_command execs: records its arguments, exits 42."""
     bin_dir = tmp_path / "bin"
@@ -110,6 +118,7 @@ def _run_archive_command(tmp_path: Path, monkeypatch, name: str = "0000000100000
 @pytest.fixture
 def data(tmp_path):
     directory = tmp_path / "data"
+    directory.mkdir()
     ledger = shipper.Ledger(directory, ARCHIVE)
     ledger.ensure()
     return ledger
