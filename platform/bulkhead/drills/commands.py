@@ -157,7 +157,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                           description=az_loss.__doc__)  # fmt: skip
     az.add_argument("--az", help="the AZ to power off (default: the one holding the database leader)")
     az.set_defaults(handler=cmd_az_loss)
-    ebs = verbs.add_parser("ebs-loss", help="wipe the leader's data directory under the running writer",
+    ebs = verbs.add_parser("ebs-loss", help="lose the leader's data volume (server killed, PGDATA gone)",
                            description=ebs_loss.__doc__)  # fmt: skip
     ebs.set_defaults(handler=cmd_ebs_loss)
     region = verbs.add_parser("region-loss", help="lose a whole region; its partner restores every shared database",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +93,45 @@ def wipe(directory: Path, timeout: float = 10.0) -> None:
             return
         if time.monotonic() > deadline:
             raise DrillError(f"{directory} could not be removed in {timeout:.0f} s; see what still writes there")
+
+
+def server_processes(postmaster: int) -> list[int]:
+    """The postmaster and every process it forked (backends, walsenders, the archiver...), from /proc."""
+    children = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+                children.append(int(proc.name))
+    return [postmaster, *children]
+
+
+def lose_volume(data_dir: Path) -> float:
+    """The data volume fails under a running PostgreSQL, and returns the moment it did.
+
+    On a lost EBS volume the server's next write gets an I/O error and it panics: from that instant it
+    acknowledges nothing, and the files are gone. Here every process of the server is frozen (SIGSTOP: the
+    postmaster first, so it forks no more), the directory removed, and the frozen processes killed (the
+    panic). Removing the files beneath a server left running would not do: it keeps writing into the
+    unlinked files and acknowledging commits that no volume will ever hold.
+    """
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGSTOP)
+    frozen = server_processes(postmaster)
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    fault_at = time.time()
+    try:
+        wipe(data_dir)
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return fault_at
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> float:

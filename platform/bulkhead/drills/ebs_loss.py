@@ -1,6 +1,6 @@
-"""ebs-loss: the leader's data directory disappears under the running writer (its volume is gone). Patroni
-gives up the leader key, another member takes over, and the lost member is rebuilt from the archive
-(barman-cloud-restore), not from the new leader: its Patroni log says which way it was built."""
+"""ebs-loss: the leader's data volume is lost under the running writer: the server panics and its files are
+gone. Patroni gives up the leader key, another member takes over, and the lost member is rebuilt from the
+archive (barman-cloud-restore), not from the new leader: its Patroni log says which way it was built."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from bulkhead.drills.common import (
     REJOIN_TIMEOUT,
     DrillError,
     await_recovery,
+    lose_volume,
     rejoined,
     run_runbook,
     stage,
     stepper,
     still_healthy,
     wait_until,
-    wipe,
 )
 from bulkhead.drills.report import Report
 from bulkhead.ha.reach import Reach
@@ -46,10 +46,9 @@ def run(reach: Reach, scratch, on_step=None, project_dir=None) -> Report:
             raise DrillError(f"the writer on {ready.writer_host.name} or the prober did not get going")
         step("writer and prober running")
         still_healthy(reach)
-        # The volume is gone: every file under PGDATA, removed beneath the running server.
-        wipe(reach.sandboxes.root(host) / data_dir.lstrip("/"))
-        fault_at = time.time()
-        step(f"wiped {data_dir} on {host.name}")
+        # The volume is gone: the server panics on its next write, and every file under PGDATA is lost.
+        fault_at = lose_volume(reach.sandboxes.root(host) / data_dir.lstrip("/"))
+        step(f"lost the volume of {data_dir} on {host.name}: server killed, files removed")
         run_runbook("ebs-loss", {"REGION": reach.region, "MEMBER": host.name}, scratch, step,
                     reach.sandboxes.directory, project_dir)  # fmt: skip
         await_recovery(reach, writes, fault_at, report, host.name)
