@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bulkhead import clock
-from bulkhead.backup import archive_lag, base_backup, catalog, copy, fleet_commands, restore, shipper
+from bulkhead.backup import archive_lag, base_backup, catalog, copy, fleet_commands, heal, restore, shipper
 from bulkhead.backup.decisions import seconds_until_due
 from bulkhead.backup.settings import (
     DEFAULT_ARCHIVE_TIMEOUT,
@@ -22,6 +22,7 @@ from bulkhead.backup.settings import (
     Archive,
     BackupError,
     conf_lines,
+    heal_command,
     replica_command,
     server_settings,
 )
@@ -55,7 +56,8 @@ def cmd_archive_command(args: argparse.Namespace) -> int:
     if args.json:
         # For Patroni: restore_command belongs in its recovery settings, not with the server's parameters.
         restore = settings.pop("restore_command")
-        document = {"parameters": settings, "restore_command": restore, "replica_command": replica_command(archive)}
+        document = {"parameters": settings, "restore_command": restore, "replica_command": replica_command(archive),
+                    "heal_command": heal_command(archive)}  # fmt: skip
         print(json.dumps(document, indent=2, sort_keys=True))
         return 0
     print("\n".join(conf_lines(settings)))
@@ -66,6 +68,15 @@ def cmd_archive_wal(args: argparse.Namespace) -> int:
     """archive_command's Python path: exit 0 only once S3 has the file (PostgreSQL retries otherwise)."""
     shipper.archive_wal(args.wal_path, _archive(args), WAL_COMPRESSION, args.max_parallel, args.linger, args.timeout)
     return 0
+
+
+def cmd_archive_heal(args: argparse.Namespace) -> int:
+    """Around a promotion: archive the whole WAL files the lost leader never did; exit 1 if one failed."""
+    conninfo = f"host={args.host} port={args.port} user={args.user} dbname=postgres"
+    received = heal.received_lsn(conninfo) if args.host else None
+    healed = heal.heal(Path(args.data_dir), _archive(args), WAL_COMPRESSION, received)
+    print(json.dumps({"shipped": healed.shipped, "already_archived": len(healed.present), "failed": healed.failed}))
+    return 1 if healed.failed else 0
 
 
 def cmd_archive_status(args: argparse.Namespace) -> int:
@@ -212,8 +223,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--json",
         action="store_true",
-        help="print {parameters, restore_command, replica_command} for Patroni (replica_command builds a member "
-        "from the newest base backup: append the data directory)",
+        help="print {parameters, restore_command, replica_command, heal_command} for Patroni (replica_command "
+        "builds a member from the newest base backup: append the data directory; heal_command is for "
+        "on_role_change: append --data-dir DIR)",
     )
     wal = verb(
         "archive-wal",
@@ -226,6 +238,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     wal.add_argument("--linger", type=float, default=shipper.DEFAULT_LINGER,
                      help="seconds the shipper waits for more WAL before it exits (default %(default)s)")  # fmt: skip
     wal.add_argument("--timeout", type=float, default=300, help="seconds to wait for this segment (default 300)")
+    healing = verb(
+        "archive-heal",
+        "before and after a promotion (Patroni's pre_promote and on_role_change): archive every whole WAL segment "
+        "and history file this server holds and the archive lacks, the hole a leader lost before archiving them "
+        "leaves; prints {shipped, already_archived, failed}",
+        cmd_archive_heal,
+    )
+    healing.add_argument("--data-dir", required=True, help="the server's data directory")
+    healing.add_argument("--host", help="on a standby about to be promoted (Patroni's pre_promote): its host or "
+                         "socket directory; the whole segments of its own timeline it received go too")  # fmt: skip
+    healing.add_argument("--port", type=int, default=5432)
+    healing.add_argument("--user", default="postgres", help="a superuser or pg_monitor member (default postgres)")
     status = verbs.add_parser(
         "archive-status",
         help="how far a server's WAL archive is behind: segments finished but not archived, and for how long",

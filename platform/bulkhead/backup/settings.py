@@ -130,6 +130,14 @@ def replica_command(archive: Archive) -> str:
     return _command(archive, "barman-cloud-restore", archive.url, archive.server, "latest")
 
 
+def heal_command(archive: Archive) -> str:
+    """`bulkhead db archive-heal`, less its --data-dir: what the new leader runs on promotion to archive the
+    earlier timeline's segments a lost leader never did (bulkhead.backup.heal)."""
+    endpoint = ["--endpoint-url", archive.endpoint_url] if archive.endpoint_url else []
+    return _command(archive, "bulkhead", "--log-json", "db", "archive-heal", "--archive", archive.url,
+                    "--server", archive.server, *endpoint, tool_args=False)  # fmt: skip
+
+
 def server_settings(archive: Archive, archive_timeout: int = DEFAULT_ARCHIVE_TIMEOUT,
                     max_parallel: int = DEFAULT_MAX_PARALLEL) -> dict[str, str]:  # fmt: skip
     """Every postgresql.conf setting continuous archiving needs, as name -> value."""
