@@ -119,7 +119,8 @@ def test_drill_bad_route_record__10000_fuzzed_records_cost_no_request_and_no_res
     figures = report.as_json()
     assert report.passed, figures
     assert figures["records_injected"] == 10_000 and figures["records_rejected"] >= 10_000
-    assert figures["agent_restarts"] == 0 and figures["http_ok_ratio"] >= 0.999 and figures["requests"] > 100
+    assert figures["agent_restarts"] == 0 and figures["http_ok_ratio"] >= 0.999
+    assert figures["requests"] >= bad_route_record.MIN_REQUESTS
 
 
 @pytest.mark.drill
