@@ -17,7 +17,7 @@ from bulkhead.drills.report import Report
 from bulkhead.errors import BulkheadError
 from bulkhead.ha import cluster
 from bulkhead.ha.reach import Reach
-from bulkhead.hosts.sandbox import HostSpec
+from bulkhead.hosts.sandbox import HostSpec, process_running
 
 if TYPE_CHECKING:
     from bulkhead.drills.workload import Workload
@@ -131,6 +131,9 @@ def lose_volume(data_dir: Path) -> float:
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5  # a killed process is gone only once the kernel has torn it down
+        while any(process_running(pid) for pid in frozen) and time.monotonic() < deadline:
+            time.sleep(0.02)
     return fault_at
 
 
