@@ -65,3 +65,20 @@ def servers(workdir):
     yield make
     for pg in made:
         pg.stop()
+
+
+@pytest.fixture
+def restored(servers, workdir):
+    """Restore an archive's latest state into a new directory of `workdir` and start a server there."""
+    from bulkhead.backup import restore
+
+    def make(archive: Archive, name: str = "restored") -> PgServer:
+        target = workdir / name
+        restore.restore(archive, target)
+        pg = servers(name)
+        pg.data_dir = target
+        pg.start()
+        pg.wait_until_primary()
+        return pg
+
+    return make

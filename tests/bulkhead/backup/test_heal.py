@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bulkhead.backup import base_backup, heal, restore, shipper
+from bulkhead.backup import base_backup, heal, shipper
 from bulkhead.backup.local_postgres import PG_BIN, as_postgres
 from bulkhead.backup.settings import Archive, barman_bin, tool_environment
 from bulkhead.backup.store import ArchiveStore
@@ -73,7 +73,7 @@ def _heal_as_patroni_would(data_dir: Path, archive: Archive, port: int | None = 
     return json.loads(done.stdout)
 
 
-def test_archive_heal__the_standby_promoted_archives_the_segment_the_lost_leader_never_did(servers, archive, workdir):
+def test_archive_heal__the_standby_promoted_archives_the_segment_the_lost_leader_never_did(servers, archive, restored):
     # Given a primary with a base backup and a streaming standby
     primary = servers("primary")
     primary.init(archive)
@@ -118,10 +118,4 @@ def test_archive_heal__the_standby_promoted_archives_the_segment_the_lost_leader
     # those written after the promotion too
     _insert(standby, 301, 100)
     standby.switch_and_wait_archived()
-    target = workdir / "restored"
-    restore.restore(archive, target)
-    restored = servers("restored")
-    restored.data_dir = target
-    restored.start()
-    restored.wait_until_primary()
-    assert _rows(restored) == list(range(1, 401))
+    assert _rows(restored(archive)) == list(range(1, 401))

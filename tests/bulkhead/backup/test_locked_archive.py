@@ -10,7 +10,7 @@ import pytest
 from botocore.config import Config
 
 from bulkhead import s3compat
-from bulkhead.backup import base_backup, restore
+from bulkhead.backup import base_backup
 from bulkhead.backup.settings import Archive
 from bulkhead.localcloud.aws import LOCAL_CREDENTIALS
 
@@ -52,7 +52,7 @@ def test_locked_archive__an_upload_without_a_checksum_is_refused_and_bulkheads_s
     assert answer["VersionId"]
 
 
-def test_locked_archive__base_backup_and_wal_land_locked_and_restore_every_row(servers, locked_archive, s3, workdir):
+def test_locked_archive__base_backup_and_wal_land_locked_and_restore_every_row(servers, locked_archive, s3, restored):
     # Given a primary archiving into a locked bucket, with a base backup and rows after it
     pg = servers("primary")
     pg.init(locked_archive, 60)
@@ -82,11 +82,5 @@ def test_locked_archive__base_backup_and_wal_land_locked_and_restore_every_row(s
     # When the disk is lost, the restore from the locked archive has every row
     pg.kill()
     shutil.rmtree(pg.data_dir)
-    target = workdir / "restored"
-    restore.restore(locked_archive, target)
-    restored = servers("restored")
-    restored.data_dir = target
-    restored.start()
-    restored.wait_until_primary()
-    with restored.connect() as connection:
+    with restored(locked_archive).connect() as connection:
         assert connection.execute("SELECT count(*), max(id) FROM ledger").fetchone() == expected == (1000, 1000)
