@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from bulkhead.backup import base_backup, restore, shipper
+from bulkhead.backup import base_backup, shipper
 from bulkhead.backup.archive_lag import archive_lag
 from bulkhead.backup.settings import Archive, barman_bin, serial_archive_command, tool_environment
 from bulkhead.backup.store import decompress_wal
@@ -68,14 +68,8 @@ def _content(s3, archive: Archive, key: str) -> bytes:
     return decompress_wal(key, s3.get_object(Bucket=archive.bucket, Key=key)["Body"].read())
 
 
-def _restore_rows(servers, archive: Archive, workdir: Path, name: str) -> int:
-    target = workdir / name
-    restore.restore(archive, target)
-    pg = servers(name)
-    pg.data_dir = target
-    pg.start()
-    pg.wait_until_primary()
-    with pg.connect() as connection:
+def _restore_rows(restored, archive: Archive) -> int:
+    with restored(archive).connect() as connection:
         return connection.execute("SELECT count(*) FROM ledger").fetchone()[0]
 
 
@@ -94,7 +88,7 @@ def _markers_confirmed(s3, pg, archive: Archive) -> None:
         assert (found["ETag"], found["ContentLength"]) == (marker["etag"], marker["size"]), entry.name
 
 
-def test_bulk_load__every_segment_lands_and_a_restore_has_every_row(servers, archive, s3, workdir):
+def test_bulk_load__every_segment_lands_and_a_restore_has_every_row(servers, archive, s3, restored):
     # Given a server archiving through the shipper, with a base backup
     pg = _server(servers, archive)
     base_backup.backup(archive, "127.0.0.1", pg.port, "postgres", jobs=2, timeout=300)
@@ -117,10 +111,10 @@ def test_bulk_load__every_segment_lands_and_a_restore_has_every_row(servers, arc
     _markers_confirmed(s3, pg, archive)
     # And a restore to the end of the archive has every row
     pg.kill()
-    assert _restore_rows(servers, archive, workdir, "restored") == 200_000
+    assert _restore_rows(restored, archive) == 200_000
 
 
-def test_sigkill__the_shipper_killed_mid_batch_loses_nothing(servers, archive, s3, workdir):
+def test_sigkill__the_shipper_killed_mid_batch_loses_nothing(servers, archive, s3, restored):
     pg = _server(servers, archive)
     base_backup.backup(archive, "127.0.0.1", pg.port, "postgres", jobs=2, timeout=300)
     kills: list[int] = []
@@ -141,7 +135,7 @@ def test_sigkill__the_shipper_killed_mid_batch_loses_nothing(servers, archive, s
     _wait_caught_up(pg)
     _markers_confirmed(s3, pg, archive)
     pg.kill()
-    assert _restore_rows(servers, archive, workdir, "restored") == 200_000
+    assert _restore_rows(restored, archive) == 200_000
 
 
 def test_parallel_and_serial__write_the_same_objects(servers, archive, s3, s3_endpoint):
