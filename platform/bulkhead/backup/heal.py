@@ -47,8 +47,7 @@ def switch_points(history: str) -> dict[int, int]:
         if len(words) < 2:
             continue
         try:
-            high, low = words[1].split("/")
-            points[int(words[0])] = (int(high, 16) << 32) | int(low, 16)
+            points[int(words[0])] = xlog.parse_lsn(words[1])
         except ValueError:
             raise BackupError(f"a timeline history line is not `TLI LSN REASON`: {line!r}") from None
     return points
@@ -89,12 +88,7 @@ def received_lsn(conninfo: str) -> int | None:
         ).fetchone()
     if not standby:
         return None
-    positions = []
-    for lsn in (received, replayed):
-        if lsn:
-            high, low = lsn.split("/")
-            positions.append((int(high, 16) << 32) | int(low, 16))
-    return max(positions, default=0)
+    return max((xlog.parse_lsn(lsn) for lsn in (received, replayed) if lsn), default=0)
 
 
 def _archived(uploader: Uploader, keys: list[str]) -> set[str]:

@@ -46,11 +46,6 @@ def lost_writes(writes: Iterable[Attempt], fault_at: float, present: set[int]) -
     return [w for w in writes if w.ok and w.at <= fault_at and w.number not in present]
 
 
-def rows_lost(writes: Iterable[Attempt], fault_at: float, present: set[int]) -> int:
-    """Rows acknowledged before the fault that the cluster no longer has."""
-    return len(lost_writes(writes, fault_at, present))
-
-
 def ok_ratio(requests: Iterable[Attempt], start: float, end: float) -> float | None:
     """The share of requests between `start` and `end` that were answered well; None if none were sent."""
     window = [r for r in requests if start <= r.at <= end]

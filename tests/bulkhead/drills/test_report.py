@@ -34,10 +34,10 @@ def test_recovery_seconds__from_the_fault_to_the_first_acknowledged_write_after_
 
 def test_rows_lost__counts_only_rows_acknowledged_before_the_fault_and_missing_after():
     attempts = report.parse_attempts(WRITES)
-    assert report.rows_lost(attempts, 100.0, present={1, 2, 3, 6, 7}) == 0
-    assert report.rows_lost(attempts, 100.0, present={1, 6, 7}) == 2
+    assert len(report.lost_writes(attempts, 100.0, present={1, 2, 3, 6, 7})) == 0
+    assert len(report.lost_writes(attempts, 100.0, present={1, 6, 7})) == 2
     # Row 6 was acknowledged after the fault: its absence is not counted here.
-    assert report.rows_lost(attempts, 100.0, present={1, 2, 3}) == 0
+    assert len(report.lost_writes(attempts, 100.0, present={1, 2, 3})) == 0
 
 
 def test_record__names_each_lost_row_and_how_long_before_the_fault_it_was_acknowledged():
