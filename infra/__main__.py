@@ -126,7 +126,10 @@ def region_stack(spec: topology.RegionSpec) -> None:
         ),
     )
     rods = ControlRods(spec.name, ControlRodsArgs(region=spec.region, tags=tags))
-    alerting = Alerting(spec.name, AlertingArgs(region=spec.region, alert_email=spec.alert_email, tags=tags))
+    alerting = Alerting(
+        spec.name,
+        AlertingArgs(region=spec.region, alert_email=spec.alert_email, alert_webhook=spec.alert_webhook, tags=tags),
+    )
 
     pulumi.export("region", spec.region)
     pulumi.export("partnerRegion", spec.partner_region)
@@ -138,6 +141,7 @@ def region_stack(spec: topology.RegionSpec) -> None:
     pulumi.export("postgresMemberIps", database.member_private_ips)
     pulumi.export("controlRods", rods.parameter_names)
     pulumi.export("alarmTopicArn", alerting.topic_arn)
+    pulumi.export("alertQueueUrl", alerting.queue_url)
 
 
 def global_stack(spec: topology.GlobalSpec) -> None:
@@ -162,6 +166,7 @@ def global_stack(spec: topology.GlobalSpec) -> None:
             bucket_name=spec.status_domain.replace(".", "-"),
             page_html=status_page.render(f"{spec.domain} status"),
             platform_account_id=aws.get_caller_identity_output().account_id,
+            platform_regions=list(spec.platform_regions),
             tags={"bulkhead:stack": topology.GLOBAL_STACK, "bulkhead:owner": spec.owner},
         ),
     )
@@ -169,6 +174,9 @@ def global_stack(spec: topology.GlobalSpec) -> None:
     pulumi.export("nameServers", traffic.name_servers)
     pulumi.export("statusBucket", site.bucket)
     pulumi.export("statusUrl", pulumi.Output.concat("https://", site.distribution_domain))
+    pulumi.export("statusDistributionId", site.distribution_id)
+    pulumi.export("statusTopicArn", site.topic_arn)
+    pulumi.export("statusQueueUrl", site.queue_url)
 
 
 def main() -> None:

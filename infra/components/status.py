@@ -14,6 +14,7 @@ import pulumi_aws as aws
 
 from bulkhead import topology
 
+from .alerting import alert_queue
 from .host_helpers import policy_document
 
 # CloudFront publishes its metrics in us-east-1 only.
@@ -32,6 +33,8 @@ class StatusSiteArgs:
     page_html: str
     # The platform's account: its instance roles may assume the heartbeat role in the status account.
     platform_account_id: pulumi.Input[str]
+    # The regions whose heartbeats the status region watches.
+    platform_regions: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -40,6 +43,9 @@ class StatusSite(pulumi.ComponentResource):
 
     bucket: pulumi.Output[str]
     distribution_domain: pulumi.Output[str]
+    distribution_id: pulumi.Output[str]
+    topic_arn: pulumi.Output[str]
+    queue_url: pulumi.Output[str]
 
     def __init__(self, name: str, args: StatusSiteArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("bulkhead:status:StatusSite", name, None, opts)
@@ -123,14 +129,56 @@ class StatusSite(pulumi.ComponentResource):
             key="index.html",
             content=args.page_html,
             content_type="text/html; charset=utf-8",
-            cache_control="max-age=30",
+            # As `bulkhead status post` writes it: an update is served within seconds.
+            cache_control="max-age=5",
             opts=child,
         )
         self._alarm(name, args, distribution, tags)
         self._heartbeat_role(name, args, provider, tags)
+        topic = aws.sns.Topic(f"{name}-topic", name=topology.STATUS_TOPIC, kms_master_key_id="alias/aws/sns",
+                              tags=tags, opts=child)  # fmt: skip
+        queue = alert_queue(f"{name}-alerts", topic, tags, child)
+        self._heartbeat_alarms(name, args, topic, tags, child)
         self.bucket = bucket.bucket
         self.distribution_domain = distribution.domain_name
-        self.register_outputs({"bucket": bucket.bucket, "distributionDomain": distribution.domain_name})
+        self.distribution_id = distribution.id
+        self.topic_arn = topic.arn
+        self.queue_url = queue.url
+        self.register_outputs(
+            {
+                "bucket": bucket.bucket,
+                "distributionDomain": distribution.domain_name,
+                "distributionId": distribution.id,
+                "topicArn": topic.arn,
+                "queueUrl": queue.url,
+            }
+        )
+
+    def _heartbeat_alarms(self, name: str, args: StatusSiteArgs, topic: aws.sns.Topic, tags: dict[str, str],
+                          child: pulumi.ResourceOptions) -> None:  # fmt: skip
+        """The dead man's switch: one alarm per platform region, here where a lost region cannot take it down.
+
+        June 2012: the pager lived on the platform it watched. Every host counts itself in every 10 s;
+        two minutes without one count from a region, or no data at all, is that region gone silent.
+        """
+        for region in args.platform_regions:
+            aws.cloudwatch.MetricAlarm(
+                f"{name}-heartbeat-{region}",
+                name=f"bulkhead-{region}-silent",
+                namespace=topology.HEARTBEAT_NAMESPACE,
+                metric_name=topology.HEARTBEAT_METRIC,
+                dimensions={"Region": region},
+                statistic="SampleCount",
+                period=60,
+                evaluation_periods=2,
+                threshold=1,
+                comparison_operator="LessThanThreshold",
+                treat_missing_data="breaching",
+                alarm_actions=[topic.arn],
+                ok_actions=[topic.arn],
+                tags={**tags, "bulkhead:watches": region},
+                opts=child,
+            )
 
     def _alarm(
         self, name: str, args: StatusSiteArgs, distribution: aws.cloudfront.Distribution, tags: dict[str, str]

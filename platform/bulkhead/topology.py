@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,8 @@ REGION_KEYS = (
     "bulkhead:maxConnectionsPerBackend", "bulkhead:routerInstanceType", "bulkhead:dynoInstanceType",
     "bulkhead:postgresInstanceType", "bulkhead:imageOwner", "bulkhead:imageNamePattern", "bulkhead:ansibleRepo",
     "bulkhead:ansibleRef",
-    "bulkhead:alertEmail", "bulkhead:archiveRetentionDays", "bulkhead:baseBackupIntervalSeconds",
+    "bulkhead:alertEmail", "bulkhead:alertWebhook", "bulkhead:archiveRetentionDays",
+    "bulkhead:baseBackupIntervalSeconds",
     "bulkhead:synchronousCommit", "bulkhead:maximumLagOnFailover", "bulkhead:owner",
 )  # fmt: skip
 # Where each AZ's database member lives, counted back from the top of its private subnet: fixed, so that
@@ -66,6 +68,11 @@ DEFAULT_OWNER = "platform-oncall"
 # the only namespace it may write; the policy rules know the role by this name.
 HEARTBEAT_ROLE = "bulkhead-heartbeat"
 HEARTBEAT_NAMESPACE = "Bulkhead/Heartbeat"
+# Each host's metrics agent counts itself in once per publish; the status region's alarm per platform region
+# pages when a whole period passes with no host of that region counted.
+HEARTBEAT_METRIC = "Heartbeat"
+# The status account's topic: the heartbeat alarms page through it, and `bulkhead status post` announces to it.
+STATUS_TOPIC = "bulkhead-status"
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,8 @@ class RegionSpec:
     # Patroni's maximum_lag_on_failover, in bytes: a replica further behind is never promoted.
     maximum_lag_on_failover: int = 1048576
     owner: str = DEFAULT_OWNER
+    # An HTTPS endpoint (a pager's or chat's webhook) subscribed to the region's alarm topic.
+    alert_webhook: str | None = None
 
     def database_members(self) -> dict[str, str]:
         """AZ -> the private address of that AZ's PostgreSQL + etcd member: one per AZ, so losing one keeps a quorum."""
@@ -153,6 +162,8 @@ class GlobalSpec:
     status_role_arn: str | None
     status_domain: str
     owner: str = DEFAULT_OWNER
+    # Every region stack: each one's heartbeat is watched from the status region.
+    platform_regions: tuple[str, ...] = ()
 
     def region_stack_name(self, region: str) -> str:
         """The fully qualified name of a region stack, as a StackReference wants it."""
@@ -260,6 +271,7 @@ def region_spec(stack: str, raw: Mapping[str, Any], peer_cidrs: Mapping[str, str
         ansible_repo=str(raw.get("bulkhead:ansibleRepo") or "https://github.com/bulkhead-platform/bulkhead.git"),
         ansible_ref=str(raw.get("bulkhead:ansibleRef") or "main"),
         alert_email=(str(raw["bulkhead:alertEmail"]) if raw.get("bulkhead:alertEmail") else None),
+        alert_webhook=_webhook(stack, raw.get("bulkhead:alertWebhook")),
         archive_retention_days=_int(
             stack, "bulkhead:archiveRetentionDays", _or(raw, "bulkhead:archiveRetentionDays", 35), minimum=7
         ),
@@ -275,6 +287,16 @@ def region_spec(stack: str, raw: Mapping[str, Any], peer_cidrs: Mapping[str, str
         ),
         owner=str(raw.get("bulkhead:owner") or DEFAULT_OWNER),
     )
+
+
+def _webhook(stack: str, value: Any) -> str | None:
+    if value is None or str(value).strip() == "":
+        return None
+    url = urllib.parse.urlsplit(str(value).strip())
+    if url.scheme != "https" or not url.hostname:
+        raise _fail(stack, "bulkhead:alertWebhook", f"is {value!r}, not an https:// URL",
+                    "give the pager's HTTPS endpoint, e.g. https://events.example.com/sns")  # fmt: skip
+    return url.geturl()
 
 
 def _vpc_cidr(stack: str, value: str, peer_cidrs: Mapping[str, str]) -> str:
@@ -342,6 +364,7 @@ def global_spec(raw: Mapping[str, Any], region_stacks: Mapping[str, str]) -> Glo
         status_role_arn=(str(raw["bulkhead:statusRoleArn"]) if raw.get("bulkhead:statusRoleArn") else None),
         status_domain=str(raw.get("bulkhead:statusDomain") or f"status.{domain}"),
         owner=str(raw.get("bulkhead:owner") or DEFAULT_OWNER),
+        platform_regions=tuple(sorted(region_stacks)),
     )
 
 

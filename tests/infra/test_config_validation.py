@@ -106,6 +106,10 @@ def _evaluate_with(project_dir, stack: str, **changes: Any) -> tuple[ConfigError
             "eu-west-1", {"bulkhead__maximumLagOnFailover": "-1"},
             "bulkhead:maximumLagOnFailover is -1, below the minimum of 0", id="negative-failover-lag",
         ),
+        pytest.param(
+            "eu-west-1", {"bulkhead__alertWebhook": "http://pager.example.com/hook"},
+            "bulkhead:alertWebhook is 'http://pager.example.com/hook', not an https:// URL", id="webhook-not-https",
+        ),
     ],
 )  # fmt: skip
 def test_config__bad_value_fails_in_one_line_before_any_resource(project_dir, stack, changes, expected):

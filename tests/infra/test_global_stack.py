@@ -58,8 +58,32 @@ def test_global_stack__status_site_is_built_through_its_own_provider_in_another_
     platform_regions = {config["bulkhead:primaryRegion"], config["bulkhead:secondaryRegion"]}
     assert providers[site_provider].inputs["region"] not in platform_regions
     # The site's alarm reads CloudFront's metrics, which exist in us-east-1 only: still the status account.
-    (alarm,) = [r for r in built if r.type == "aws:cloudwatch/metricAlarm:MetricAlarm"]
+    (alarm,) = [r for r in built if r.type == "aws:cloudwatch/metricAlarm:MetricAlarm"
+                and r.inputs["namespace"] == "AWS/CloudFront"]  # fmt: skip
     assert providers[alarm.provider.rsplit("::", 1)[0]].inputs["region"] == "us-east-1"
+
+
+def test_global_stack__a_silent_region_pages_from_the_status_region(global_run, planned):
+    _, resources = _status_resources(global_run)
+    providers = {r.urn: r for r in resources if r.type == "pulumi:providers:aws"}
+    alarms = [r for r in resources if r.type == "aws:cloudwatch/metricAlarm:MetricAlarm"
+              and r.inputs["namespace"] == "Bulkhead/Heartbeat"]  # fmt: skip
+    region_stacks = {s for s in planned if s != topology.GLOBAL_STACK}
+    assert {a.inputs["dimensions"]["Region"] for a in alarms} == region_stacks == {"eu-west-1", "us-east-1",
+                                                                                   "us-west-2"}  # fmt: skip
+    (topic,) = [r for r in resources if r.type == "aws:sns/topic:Topic" and r.inputs.get("name") == "bulkhead-status"]
+    for alarm in alarms:
+        # Silence itself is the fault: no data breaches.
+        assert alarm.inputs["treatMissingData"] == "breaching"
+        assert (alarm.inputs["statistic"], alarm.inputs["comparisonOperator"], alarm.inputs["threshold"]) == (
+            "SampleCount",
+            "LessThanThreshold",
+            1,
+        )
+        assert alarm.inputs["alarmActions"] == [topic.state["arn"]]
+        region = providers[alarm.provider.rsplit("::", 1)[0]].inputs["region"]
+        assert region not in region_stacks
+    assert global_run.outputs["statusTopicArn"] == topic.state["arn"]
 
 
 def test_global_stack__status_site_references_nothing_of_the_region_stacks(global_run, planned):

@@ -246,6 +246,30 @@ def test_region_stack__every_alarm_notifies_the_topic(region):
     }
     for alarm in alarms:
         assert alarm.inputs["alarmActions"] == [topic.state["arn"]]
+        assert alarm.inputs["okActions"] == [topic.state["arn"]]
+
+
+def test_region_stack__a_healthy_idle_platform_is_ok_and_a_stalled_archive_pages_within_two_minutes(region):
+    _, run = region
+    alarms = {a.inputs["metricName"]: a.inputs for a in run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")}
+    # An idle platform publishes no requests and no boots: that silence must not page.
+    assert {a["treatMissingData"] for a in alarms.values()} == {"notBreaching"}
+    lag = alarms["WalArchiveLagSeconds"]
+    assert (lag["threshold"], lag["period"], lag["evaluationPeriods"]) == (60, 60, 1)
+
+
+def test_region_stack__the_alert_queue_hears_the_topic_and_only_it(region):
+    _, run = region
+    (topic,) = run.of_type("aws:sns/topic:Topic")
+    (queue,) = run.of_type("aws:sqs/queue:Queue")
+    (subscription,) = [s for s in run.of_type("aws:sns/topicSubscription:TopicSubscription")
+                       if s.inputs["protocol"] == "sqs"]  # fmt: skip
+    assert subscription.inputs["endpoint"] == queue.state["arn"]
+    assert subscription.inputs["topic"] == topic.state["arn"]
+    (policy,) = run.of_type("aws:sqs/queuePolicy:QueuePolicy")
+    (statement,) = json.loads(policy.inputs["policy"])["Statement"]
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": topic.state["arn"]}}
+    assert statement["Action"] == "sqs:SendMessage"
 
 
 def test_region_stack__hosts_are_tagged_for_the_inventory_and_bootstrap_ansible(region):

@@ -124,3 +124,29 @@ register(
     _alarm,
     lambda t, i, s: t.client("cloudwatch").delete_alarms(AlarmNames=[i]),
 )
+
+
+def _queue(target: Target, inputs: Inputs) -> tuple[str, State]:
+    name = inputs.get("name") or target.physical_name(80)
+    attributes = {"MessageRetentionPeriod": str(int(inputs.get("messageRetentionSeconds") or 345600))}
+    if inputs.get("sqsManagedSseEnabled"):
+        attributes["SqsManagedSseEnabled"] = "true"
+    sqs = target.client("sqs")
+    url = sqs.create_queue(QueueName=name, Attributes=attributes, tags=dict(inputs.get("tags") or {}))["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return url, {**inputs, "name": name, "arn": arn, "url": url}
+
+
+register("aws:sqs/queue:Queue", _queue, lambda t, i, s: t.client("sqs").delete_queue(QueueUrl=i))
+
+
+def _queue_policy(target: Target, inputs: Inputs) -> tuple[str, State]:
+    target.client("sqs").set_queue_attributes(QueueUrl=inputs["queueUrl"], Attributes={"Policy": inputs["policy"]})
+    return inputs["queueUrl"], dict(inputs)
+
+
+register(
+    "aws:sqs/queuePolicy:QueuePolicy",
+    _queue_policy,
+    lambda t, i, s: t.client("sqs").set_queue_attributes(QueueUrl=i, Attributes={"Policy": ""}),
+)
