@@ -80,7 +80,9 @@ class Alerting(pulumi.ComponentResource):
             aws.sns.TopicSubscription(
                 f"{name}-webhook", topic=topic.arn, protocol="https", endpoint=args.alert_webhook, opts=child
             )
-        queue = alert_queue(f"{name}-alerts", topic, args.tags, child)
+        queue, heard = alert_queue(f"{name}-alerts", topic, args.tags, child)
+        # After the queue's subscription: the queue then hears every alarm's first change of state too.
+        alarm_opts = pulumi.ResourceOptions(parent=self, depends_on=[heard])
         for rule in ALARMS:
             aws.cloudwatch.MetricAlarm(
                 f"{name}-{rule.name}",
@@ -98,15 +100,17 @@ class Alerting(pulumi.ComponentResource):
                 alarm_actions=[topic.arn],
                 ok_actions=[topic.arn],
                 tags={**args.tags, "bulkhead:service": rule.service},
-                opts=child,
+                opts=alarm_opts,
             )
         self.topic_arn = topic.arn
         self.queue_url = queue.url
         self.register_outputs({"topicArn": topic.arn, "queueUrl": queue.url})
 
 
-def alert_queue(name: str, topic: aws.sns.Topic, tags: dict[str, str], opts: pulumi.ResourceOptions) -> aws.sqs.Queue:
-    """An SQS queue subscribed to `topic`, writable by that topic alone."""
+def alert_queue(
+    name: str, topic: aws.sns.Topic, tags: dict[str, str], opts: pulumi.ResourceOptions
+) -> tuple[aws.sqs.Queue, aws.sns.TopicSubscription]:
+    """An SQS queue subscribed to `topic`, writable by that topic alone; and its subscription."""
     queue = aws.sqs.Queue(
         name, name=name, message_retention_seconds=QUEUE_RETENTION_SECONDS, sqs_managed_sse_enabled=True, tags=tags,
         opts=opts,
@@ -131,8 +135,8 @@ def alert_queue(name: str, topic: aws.sns.Topic, tags: dict[str, str], opts: pul
         opts=opts,
     )
     # After the policy: until it exists, SNS may not deliver into the queue.
-    aws.sns.TopicSubscription(
+    subscription = aws.sns.TopicSubscription(
         name, topic=topic.arn, protocol="sqs", endpoint=queue.arn,
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[policy])),
     )  # fmt: skip
-    return queue
+    return queue, subscription

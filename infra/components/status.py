@@ -137,8 +137,10 @@ class StatusSite(pulumi.ComponentResource):
         self._heartbeat_role(name, args, provider, tags)
         topic = aws.sns.Topic(f"{name}-topic", name=topology.STATUS_TOPIC, kms_master_key_id="alias/aws/sns",
                               tags=tags, opts=child)  # fmt: skip
-        queue = alert_queue(f"{name}-alerts", topic, tags, child)
-        self._heartbeat_alarms(name, args, topic, tags, child)
+        queue, heard = alert_queue(f"{name}-alerts", topic, tags, child)
+        # After the queue's subscription, so that it hears each alarm's first change of state.
+        self._heartbeat_alarms(name, args, topic, tags, pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+            depends_on=[heard])))  # fmt: skip
         self.bucket = bucket.bucket
         self.distribution_domain = distribution.domain_name
         self.distribution_id = distribution.id

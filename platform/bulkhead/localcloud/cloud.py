@@ -64,11 +64,12 @@ def ensure_controller(store: Store, info: server.ServerInfo, files: topology.Sta
         return
     if current:
         controller.stop(store.directory)
-    regions = set()
+    regions, roles = set(), set()
     for name in files.names():
         config = files.config(name)
         regions |= {str(config[key]) for key in ("aws:region", "bulkhead:statusRegion") if config.get(key)}
-    controller.start(store.directory, info.port, sorted(regions), hosts, wanted)
+        roles |= {str(config["bulkhead:statusRoleArn"])} if config.get("bulkhead:statusRoleArn") else set()
+    controller.start(store.directory, info.port, sorted(regions), hosts, wanted, sorted(roles))
 
 
 def up(

@@ -91,6 +91,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{'healthy' if state['healthy'] else 'UNHEALTHY'}: {state['last']}",
                 highlight=False,
             )
+        alarms = details.get("alarms", {})
+        console.print(f"alarms: {alarms.get('evaluations', 0)} evaluations, {alarms.get('changes', 0)} changes of "
+                      f"state, {alarms.get('notifications', 0)} notifications", highlight=False)  # fmt: skip
+        for distribution, served in details.get("distributions", {}).items():
+            console.print(f"distribution {distribution} ({served['domain']}): {served['url']} "
+                          f"from s3://{served['bucket']}", highlight=False)  # fmt: skip
     else:
         console.print("controller: not running (run `bulkhead local up` to start it)")
     return 0

@@ -2,7 +2,9 @@
 
 - one endpoint per region (`fronts`), which a drill can take off the air;
 - S3 replication with a set lag (`replication`);
-- Route 53 health probes and the `TestDNSAnswer` API (`health`), which moto lacks.
+- Route 53 health probes and the `TestDNSAnswer` API (`health`), which moto lacks;
+- alarm evaluation into SNS (`alarms`);
+- each CloudFront distribution served at a local address from its origin bucket (`distributions`).
 
 `local up` starts it, `local down` stops it, `local status` shows it. Its pid, control port and the
 fronts' ports live in `controller.json` beside the stack state. The control API is plain HTTP on
@@ -32,7 +34,9 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from bulkhead.files import write_json
+from bulkhead.localcloud.alarms import Evaluator
 from bulkhead.localcloud.aws import LocalAws, LocalCloudError
+from bulkhead.localcloud.distributions import Edge
 from bulkhead.localcloud.fronts import RegionFront
 from bulkhead.localcloud.health import Prober, failover_answer
 from bulkhead.localcloud.replication import Replicator
@@ -86,11 +90,13 @@ def running(directory: Path) -> ControllerInfo | None:
 
 
 def start(directory: Path, moto_port: int, regions: list[str], hosts_dir: Path,
-          replication_lag: float = DEFAULT_REPLICATION_LAG) -> ControllerInfo:  # fmt: skip
-    """Start the controller detached; returns once its fronts and control API listen."""
+          replication_lag: float = DEFAULT_REPLICATION_LAG, roles: list[str] | None = None) -> ControllerInfo:  # fmt: skip
+    """Start the controller detached; returns once its fronts and control API listen.
+
+    `roles` are the other accounts' roles (the status account's) whose alarms and distributions it serves too."""
     previous = recorded(directory)
     config = {"moto_port": moto_port, "regions": sorted(set(regions)), "hosts_dir": str(hosts_dir),
-              "replication_lag": replication_lag,
+              "replication_lag": replication_lag, "roles": sorted(set(roles or [])),
               # A restarted controller keeps each region's port: the sandboxes' relays point at them.
               "fronts": previous.fronts if previous else {}}  # fmt: skip
     write_json(directory / "controller-config.json", config)
@@ -167,6 +173,9 @@ class Controller:
         self.replicator = Replicator(lambda region: self.moto.client("s3", region), float(config["replication_lag"]),
                                      self.reachable)  # fmt: skip
         self.prober = Prober(lambda: self.moto.client("route53", "us-east-1"), self._edge(Path(config["hosts_dir"])))
+        roles = [None, *config.get("roles", [])]
+        self.alarms = Evaluator(self.moto.client, list(self.fronts), roles, self.reachable)
+        self.edge = Edge(self.moto.client, roles, self.reachable)
 
     def reachable(self, region: str) -> bool:
         front = self.fronts.get(region)
@@ -205,6 +214,8 @@ class Controller:
             "regions": {r: {"port": f.port, "reachable": f.reachable} for r, f in self.fronts.items()},
             "replication": {"lag_s": self.replicator.lag, **self.replicator.figures.as_json()},
             "health_checks": self.prober.as_json(),
+            "alarms": dict(self.alarms.figures),
+            "distributions": self.edge.as_json(),
         }
 
     def test_dns_answer(self, query: dict[str, str]) -> str:
@@ -304,6 +315,9 @@ def serve(config: dict) -> None:
     threading.Thread(target=api.serve_forever, daemon=True).start()
     controller.loop("replication", controller.replicator.tick, 0.5)
     controller.loop("health", controller.prober.tick, 1.0)
+    # Each alarm keeps its own period; this pass only finds the ones that are due.
+    controller.loop("alarms", controller.alarms.tick, 2.0)
+    controller.loop("edge", controller.edge.tick, 1.0)
     print(json.dumps({"port": api.server_address[1], "fronts": {r: f.port for r, f in controller.fronts.items()}}),
           flush=True)  # fmt: skip
     signal.sigwait({signal.SIGTERM, signal.SIGINT})

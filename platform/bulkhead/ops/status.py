@@ -56,12 +56,12 @@ class Site:
     title: str
 
 
-def status_site(project_dir: Path) -> Site:
-    """The status site, locally or on AWS, as the status account."""
+def status_site(project_dir: Path, store: Store | None = None) -> Site:
+    """The status site, locally (the project's local cloud, or `store`'s) or on AWS, as the status account."""
     spec = topology.StackFiles(project_dir).spec(topology.GLOBAL_STACK)
     assert isinstance(spec, topology.GlobalSpec)
     title = f"{spec.domain} status"
-    store = Store.of_project(project_dir)
+    store = store or Store.of_project(project_dir)
     outputs = store.outputs(topology.GLOBAL_STACK)
     endpoint = controller.front_endpoint(store.directory, spec.status_region)
     if endpoint and outputs:

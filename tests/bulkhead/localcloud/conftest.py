@@ -49,9 +49,10 @@ def store(tmp_path) -> Store:
     server.stop(local.directory)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def deployed(project_dir, tmp_path_factory):
-    """Every stack of the repository deployed once into one local cloud (shared by the read-only tests)."""
+    """Every stack of the repository deployed once into one local cloud, shared by the modules that read it
+    (test_local_alerting, test_local_up); a test that changes it puts it back."""
     local = Store(tmp_path_factory.mktemp("deployed") / "local")
     stacks = ["eu-west-1", "us-east-1", "us-west-2", "global"]
     info, reports = cloud.up(stacks, local, project_dir=project_dir)

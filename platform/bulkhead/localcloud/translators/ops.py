@@ -115,6 +115,9 @@ def _alarm(target: Target, inputs: Inputs) -> tuple[str, State]:
         request["ExtendedStatistic"] = inputs["extendedStatistic"]
     cloudwatch = target.client("cloudwatch")
     cloudwatch.put_metric_alarm(**request)
+    # AWS starts an alarm with no data yet at INSUFFICIENT_DATA (moto at OK): its first evaluation is then a change.
+    cloudwatch.set_alarm_state(AlarmName=request["AlarmName"], StateValue="INSUFFICIENT_DATA",
+                               StateReason="Unchecked: Initial alarm creation")  # fmt: skip
     (alarm,) = cloudwatch.describe_alarms(AlarmNames=[request["AlarmName"]])["MetricAlarms"]
     return request["AlarmName"], {**inputs, "name": request["AlarmName"], "arn": alarm["AlarmArn"]}
 
