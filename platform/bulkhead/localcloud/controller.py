@@ -90,7 +90,8 @@ def running(directory: Path) -> ControllerInfo | None:
 
 
 def start(directory: Path, moto_port: int, regions: list[str], hosts_dir: Path,
-          replication_lag: float = DEFAULT_REPLICATION_LAG, roles: list[str] | None = None) -> ControllerInfo:  # fmt: skip
+          replication_lag: float = DEFAULT_REPLICATION_LAG,
+          roles: list[str] | None = None) -> ControllerInfo:  # fmt: skip
     """Start the controller detached; returns once its fronts and control API listen.
 
     `roles` are the other accounts' roles (the status account's) whose alarms and distributions it serves too."""

@@ -162,8 +162,8 @@ class Edge:
             return None
         config = self.client("cloudfront", "us-east-1", role).get_distribution_config(Id=item["Id"])
         root = config["DistributionConfig"].get("DefaultRootObject") or "index.html"
-        distribution = Distribution(item["Id"], item["DomainName"], bucket, root,
-                                    self._fetcher(role, region or "us-east-1"), self.ports.get(item["Id"], 0))  # fmt: skip
+        fetch = self._fetcher(role, region or "us-east-1")
+        distribution = Distribution(item["Id"], item["DomainName"], bucket, root, fetch, self.ports.get(item["Id"], 0))
         distribution.serve()
         self.distributions[item["Id"]] = distribution
         return distribution
