@@ -55,7 +55,7 @@ def _distribution_url(store) -> str:
 def test_alarms__regions_that_never_sent_a_heartbeat_page_the_status_account(deployed):
     """Given a fresh deploy, no host has sent a heartbeat yet: each region's dead man's switch fires
     within 30 s, through the status topic in the status account, and describe_alarms says so."""
-    store, clients, reports = deployed
+    _, clients, reports = deployed
     region = GLOBAL["bulkhead:statusRegion"]
     sqs = _status_account(clients, "sqs", region)
     queue = reports["global"].outputs["statusQueueUrl"]
