@@ -114,7 +114,7 @@ class Replicator:
         self._seen: dict[tuple[str, str, str], float] = {}
         self._present: dict[str, set[str]] = {}  # per bucket, the keys of the previous pass
         self._buckets: dict[str, tuple[str, list[Rule]]] = {}
-        self._read_at = 0.0
+        self._read_at = float("-inf")  # never read: the first pass reads, however soon after boot
         self._lock = threading.Lock()
 
     def _configurations(self, now: float) -> dict[str, tuple[str, list[Rule]]]:

@@ -96,7 +96,8 @@ class Reader:
     def __init__(self, ssm, region: str, poll_seconds: float = POLL_SECONDS) -> None:
         self.ssm, self.region, self.poll_seconds = ssm, region, poll_seconds
         self.values = {r.name: r.default for r in RODS}
-        self.read_at = 0.0
+        # Never read yet: the first question reads, however soon after boot (monotonic time starts near 0).
+        self.read_at = float("-inf")
         self.failures = 0
         self._polling = False
         self._lock = threading.Lock()
