@@ -34,7 +34,7 @@ def read_config(keys: tuple[str, ...]) -> dict[str, str | None]:
     return raw
 
 
-def region_stack(spec: topology.RegionSpec) -> None:
+def region_stack(spec: topology.RegionSpec, heartbeat: dict[str, str] | None) -> None:
     tags = {"bulkhead:stack": spec.stack, "bulkhead:region": spec.region, "bulkhead:owner": spec.owner}
     account_id = aws.get_caller_identity_output().account_id
     AccountBaseline(spec.name, AccountBaselineArgs(region=spec.region))
@@ -128,7 +128,13 @@ def region_stack(spec: topology.RegionSpec) -> None:
     rods = ControlRods(spec.name, ControlRodsArgs(region=spec.region, tags=tags))
     alerting = Alerting(
         spec.name,
-        AlertingArgs(region=spec.region, alert_email=spec.alert_email, alert_webhook=spec.alert_webhook, tags=tags),
+        AlertingArgs(
+            region=spec.region,
+            alert_email=spec.alert_email,
+            alert_webhook=spec.alert_webhook,
+            heartbeat_destination=heartbeat,
+            tags=tags,
+        ),
     )
 
     pulumi.export("region", spec.region)
@@ -187,7 +193,10 @@ def main() -> None:
         if stack == topology.GLOBAL_STACK:
             global_stack(topology.global_spec(read_config(topology.GLOBAL_KEYS), others.partner_regions()))
         else:
-            region_stack(topology.region_spec(stack, read_config(topology.REGION_KEYS), others.peer_vpc_cidrs(stack)))
+            # The status site's account and region, from the global stack's file: the hosts' heartbeat goes there.
+            status = others.config(topology.GLOBAL_STACK) if topology.GLOBAL_STACK in others.names() else {}
+            spec = topology.region_spec(stack, read_config(topology.REGION_KEYS), others.peer_vpc_cidrs(stack))
+            region_stack(spec, topology.heartbeat_destination(status))
     except topology.ConfigError as error:
         # RunError prints its one line without a traceback, under the pulumi CLI as under the local cloud;
         # the ConfigError behind it lets an in-process runner keep the error's type.

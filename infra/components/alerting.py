@@ -12,10 +12,13 @@ queue, which keeps every notification for 14 days for tools (and drills) to read
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
+
+from bulkhead import topology
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class AlertingArgs:
     region: str
     alert_email: str | None = None
     alert_webhook: str | None = None
+    # Where this region's hosts send their heartbeat ({"roleArn", "region"}), told to them through SSM.
+    heartbeat_destination: dict[str, str] | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -101,6 +106,16 @@ class Alerting(pulumi.ComponentResource):
                 ok_actions=[topic.arn],
                 tags={**args.tags, "bulkhead:service": rule.service},
                 opts=alarm_opts,
+            )
+        if args.heartbeat_destination:
+            aws.ssm.Parameter(
+                f"{name}-heartbeat",
+                name=topology.heartbeat_parameter(args.region),
+                type="String",
+                value=json.dumps(args.heartbeat_destination, sort_keys=True),
+                description="Where this region's hosts send their heartbeat: the status account's role and region",
+                tags=args.tags,
+                opts=child,
             )
         self.topic_arn = topic.arn
         self.queue_url = queue.url

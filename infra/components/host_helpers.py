@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import pulumi
 import pulumi_aws as aws
 
+from bulkhead import topology
 from bulkhead.ops.rods import RODS, parameter_name
 
 # Instance roles trust EC2 alone. No aws:SourceAccount condition: EC2 does not send that key when it
@@ -137,13 +138,15 @@ def policy_document(statements: list[dict]) -> pulumi.Output[str]:
 
 
 def agent_policy(region: str, metric_namespace: str, extra: list[dict] | None = None) -> pulumi.Output[str]:
-    """What every host's agent needs: read this region's control rods, publish metrics in its namespace."""
+    """What every host's agents need: read this region's control rods and heartbeat destination, publish metrics
+    in its namespace, and assume the status account's heartbeat role (the one cross-account trust)."""
     return policy_document(
         [
             {
                 "Effect": "Allow",
                 "Action": ["ssm:GetParameter", "ssm:GetParameters"],
-                "Resource": [f"arn:aws:ssm:{region}:*:parameter{parameter_name(region, rod)}" for rod in RODS],
+                "Resource": [f"arn:aws:ssm:{region}:*:parameter{parameter_name(region, rod)}" for rod in RODS]
+                + [f"arn:aws:ssm:{region}:*:parameter{topology.heartbeat_parameter(region)}"],
             },
             {
                 "Effect": "Allow",
@@ -152,5 +155,10 @@ def agent_policy(region: str, metric_namespace: str, extra: list[dict] | None = 
                 "Condition": {"StringEquals": {"cloudwatch:namespace": metric_namespace}},
             },
             *(extra or []),
+            {
+                "Effect": "Allow",
+                "Action": "sts:AssumeRole",
+                "Resource": f"arn:aws:iam::*:role/{topology.HEARTBEAT_ROLE}",
+            },
         ]
     )

@@ -71,6 +71,23 @@ HEARTBEAT_NAMESPACE = "Bulkhead/Heartbeat"
 # Each host's metrics agent counts itself in once per publish; the status region's alarm per platform region
 # pages when a whole period passes with no host of that region counted.
 HEARTBEAT_METRIC = "Heartbeat"
+
+
+def heartbeat_parameter(region: str) -> str:
+    """The SSM parameter that tells a region's hosts where their heartbeat goes ({"roleArn", "region"})."""
+    return f"/bulkhead/{region}/heartbeat"
+
+
+def heartbeat_destination(global_config: Mapping[str, Any]) -> dict[str, str] | None:
+    """Where the platform's heartbeats go, from the global stack's file: the status account's heartbeat role and
+    the status region; None while the status site has no account of its own (no bulkhead:statusRoleArn)."""
+    role, region = global_config.get("bulkhead:statusRoleArn"), global_config.get("bulkhead:statusRegion")
+    if not role or not region:
+        return None
+    account = str(role).split(":")[4]
+    return {"roleArn": f"arn:aws:iam::{account}:role/{HEARTBEAT_ROLE}", "region": str(region)}
+
+
 # The status account's topic: the heartbeat alarms page through it, and `bulkhead status post` announces to it.
 STATUS_TOPIC = "bulkhead-status"
 

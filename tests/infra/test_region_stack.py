@@ -231,6 +231,9 @@ def test_region_stack__every_control_rod_is_a_parameter_at_its_normal_value(regi
         f"/bulkhead/{spec.region}/rods/app-management-lockdown": "off",
         f"/bulkhead/{spec.region}/rods/dyno-launch-rate": "30",
         f"/bulkhead/{spec.region}/rods/router-read-only": "off",
+        # Not a rod: where the hosts' heartbeat goes, written down from Pulumi.global.yaml.
+        f"/bulkhead/{spec.region}/heartbeat": '{"region": "ca-central-1", "roleArn": '
+        '"arn:aws:iam::210987654321:role/bulkhead-heartbeat"}',
     }
 
 
