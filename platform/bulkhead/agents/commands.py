@@ -12,11 +12,39 @@ from bulkhead.agents.registry import Registry
 def _ssm(args: argparse.Namespace):
     """SSM of the host's region: through `--endpoint-url` when given (the local cloud), else the SDK's own
     configuration (the instance role; on a site with its own endpoint, AWS_CONFIG_FILE)."""
+    return _client(args, "ssm", args.region)
+
+
+def _client(args: argparse.Namespace, service: str, region: str, credentials: dict | None = None):
+    """A client of `service` in `region`, short on time and retries: an agent's next round is its retry."""
     import boto3
     from botocore.config import Config
 
-    config = Config(connect_timeout=2, read_timeout=3, retries={"max_attempts": 1})
-    return boto3.client("ssm", region_name=args.region, endpoint_url=args.endpoint_url or None, config=config)
+    config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+    keys = {}
+    if credentials:
+        keys = {"aws_access_key_id": credentials["AccessKeyId"],
+                "aws_secret_access_key": credentials["SecretAccessKey"],
+                "aws_session_token": credentials["SessionToken"]}  # fmt: skip
+    return boto3.client(service, region_name=region, endpoint_url=args.endpoint_url or None, config=config, **keys)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from bulkhead.agents.metrics import HeartbeatDestination, MetricsAgent, Sources
+
+    sources = Sources(haproxy_socket=Path(args.haproxy_socket) if args.haproxy_socket else None,
+                      dyno_state=Path(args.dyno_state) if args.dyno_state else None, postgres=args.postgres,
+                      registry=args.registry.split(",") if args.registry else [])  # fmt: skip
+    cloudwatch = _client(args, "cloudwatch", args.region)
+    def status_account(service: str, region: str, granted: dict):
+        return _client(args, service, region, granted)
+
+    heartbeat = HeartbeatDestination(_ssm(args), _client(args, "sts", args.region), args.region, status_account)
+    agent = MetricsAgent(args.region, args.host, sources, Path(args.state), lambda: cloudwatch, heartbeat,
+                         interval=args.interval)  # fmt: skip
+    _stop_on_signals(agent)
+    agent.run()
+    return 0
 
 
 def _stop_on_signals(agent) -> None:
@@ -138,7 +166,24 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="seconds before the lease could expire that the command stops (default 3)")  # fmt: skip
     single.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     single.set_defaults(handler=cmd_singleton)
-    for parser in (router, manager):
+    metrics = verbs.add_parser(
+        "metrics", help="publish this host's figures to CloudWatch and its heartbeat to the status region",
+        description="Every --interval seconds: router requests and 5xx (--haproxy-socket), dyno boot seconds "
+        "(--dyno-state), the primary's WAL archive lag (--postgres) and unhealthy etcd members (--registry), into "
+        "the region's CloudWatch; and a heartbeat into the status account's, through the role named in SSM "
+        "/bulkhead/<region>/heartbeat. A source that fails is logged and counted; the heartbeat goes on.",
+    )  # fmt: skip
+    metrics.add_argument("--region", required=True, help="this host's region")
+    metrics.add_argument("--host", required=True, help="this host's name (in its logs and state)")
+    metrics.add_argument("--haproxy-socket", help="HAProxy's stats socket (routers)")
+    metrics.add_argument("--dyno-state", help="the dyno manager's state file (dyno hosts)")
+    metrics.add_argument("--postgres", metavar="CONNINFO", help="the local PostgreSQL (database hosts)")
+    metrics.add_argument("--registry", metavar="HOST[:PORT],...", help="the etcd members to count (database hosts)")
+    metrics.add_argument("--interval", type=float, default=10.0, help="seconds between rounds (default 10)")
+    metrics.add_argument("--state", default="/var/lib/bulkhead/metrics/state.json",
+                         help="where the agent writes its figures each round")  # fmt: skip
+    metrics.set_defaults(handler=cmd_metrics)
+    for parser in (router, manager, metrics):
         parser.add_argument("--endpoint-url", help="the cloud's endpoint, when not AWS's (the local cloud)")
     for parser in (router, manager, single):
         parser.add_argument("--region", required=True, help="this host's region")
