@@ -160,8 +160,11 @@ class StatusSite(pulumi.ComponentResource):
                           child: pulumi.ResourceOptions) -> None:  # fmt: skip
         """The dead man's switch: one alarm per platform region, here where a lost region cannot take it down.
 
-        June 2012: the pager lived on the platform it watched. Every host counts itself in every 10 s;
-        two minutes without one count from a region, or no data at all, is that region gone silent.
+        June 2012: the pager lived on the platform it watched. Every host counts itself in every 10 s, as a
+        high-resolution metric; a whole minute without one count from any host of a region (two periods of
+        30 s, or no data at all) is that region gone silent. A high-resolution alarm is evaluated every 30 s,
+        so the page comes 60-90 s after the silence begins (a 60 s alarm, evaluated once a minute, could take
+        two minutes).
         """
         for region in args.platform_regions:
             aws.cloudwatch.MetricAlarm(
@@ -171,7 +174,7 @@ class StatusSite(pulumi.ComponentResource):
                 metric_name=topology.HEARTBEAT_METRIC,
                 dimensions={"Region": region},
                 statistic="SampleCount",
-                period=60,
+                period=30,
                 evaluation_periods=2,
                 threshold=1,
                 comparison_operator="LessThanThreshold",

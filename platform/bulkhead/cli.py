@@ -26,6 +26,7 @@ GROUPS = (
     ("runbook", "bulkhead.runbook_commands", "controller"),
     ("dns", "bulkhead.dns", "host"),
     ("status", "bulkhead.ops.status", "host"),
+    ("alarms", "bulkhead.ops.alarms", "host"),
     ("check", "bulkhead.ops.check", "controller"),
     ("secrets", "bulkhead.ops.secrets", "host"),
     ("rods", "bulkhead.ops.rods", "host"),

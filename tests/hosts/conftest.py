@@ -14,6 +14,7 @@ import testinfra.host
 from testinfra.backend.base import CommandResult
 from testinfra.backend.chroot import ChrootBackend
 
+from bulkhead import topology
 from bulkhead.ha.reach import Reach
 from bulkhead.hosts import converge, inventory
 from bulkhead.hosts.sandbox import Sandboxes
@@ -82,8 +83,10 @@ def site(project_dir, tmp_path_factory):
     store = Store(base / "local")
     sandboxes = Sandboxes(base / "hosts")
     try:
-        # Two dyno cells, so that the boot-storm drill can slow one and watch the other.
-        cloud.up([REGION], store, project_dir=project_dir, hosts=sandboxes.directory, config={"bulkhead:cells": "2"})
+        # Two dyno cells, so that the boot-storm drill can slow one and watch the other. Every stack (without hosts
+        # beyond this region's): the global one holds the status region's heartbeat alarms, and needs the others.
+        cloud.up(topology.stack_names(project_dir), store, project_dir=project_dir, hosts=sandboxes.directory,
+                 config={"bulkhead:cells": "2"})  # fmt: skip
         # Every host: a router, two dyno hosts (one per cell) and a database member (with etcd) in each AZ, so
         # that any AZ can be lost while the others serve.
         specs = inventory.local_hosts(REGION, store, project_dir)

@@ -1,5 +1,6 @@
 """The agents on real sandbox hosts: router sync, dyno managers, singleton fencing, the rods and `bulkhead apps`,
-and their drills, each run as `bulkhead drill` runs it, its report's goals checked and its figures bounded.
+the metrics agent and the alarms it feeds, and their drills, each run as `bulkhead drill` runs it, its report's
+goals checked and its figures bounded.
 
 Shares the session's site (tests/hosts/conftest.py): one region, two dyno cells. Each drill leaves the site as
 it found it (formation, rods, links, mounts), which the next one checks before it starts.
@@ -17,9 +18,11 @@ import pytest
 
 from bulkhead.agents.routes import Route
 from bulkhead.drills import (
+    archive_stall,
     bad_route_record,
     boot_storm,
     partition_singleton,
+    region_silent,
     rod_flips,
     slow_registry,
 )
@@ -163,3 +166,39 @@ def test_drill_boot_storm__launches_stay_under_the_rod_the_slow_cell_breaks_and_
     assert report.passed, figures
     assert 0 < figures["max_launches_per_cell_minute"] <= boot_storm.RATE
     assert figures["other_cell_breaker_opened"] == 0 and figures["drained_s"] is not None
+
+
+METRICS_STATE = "/var/lib/bulkhead/metrics/state.json"
+
+
+def test_metrics_agent__every_host_publishes_what_its_tier_has_and_beats(site, agents):
+    """Given the site configured, every host's metrics agent has run rounds without a failing source, sent its
+    heartbeat to the status account, and published its tier's figures (read back from its state file)."""
+    expected = {"router": {"Requests", "Http5xx"}, "postgres": {"EtcdUnhealthyMembers"}, "dyno_host": set()}
+    for host in site.sandboxes.recorded():
+        waited = poll_until(lambda h=host: (state(agents, h, METRICS_STATE).get("heartbeats") or 0) >= 2, 60)
+        assert waited is not None, f"{host.name}: no heartbeat: {state(agents, host, METRICS_STATE)}"
+        found = state(agents, host, METRICS_STATE)
+        assert found["errors"] == {}, (host.name, found["last_error"])
+        assert expected[host.role] <= set(found["last"]), (host.name, found["last"])
+    primary = [h for h in site.of_role("postgres") if "WalArchiveLagSeconds" in state(agents, h, METRICS_STATE)["last"]]
+    assert len(primary) == 1, "the primary alone publishes its archive lag"
+
+
+@pytest.mark.drill
+def test_drill_archive_stall__the_lag_alarm_pages_within_a_minute_of_evaluation_and_clears(site, agents, tmp_path):
+    report = archive_stall.run(agents, tmp_path, project_dir=site.project_dir)
+    figures = report.as_json()
+    assert report.passed, figures
+    # Never before the lag can pass 60 s; within one publish interval and one evaluation minute after that.
+    assert 60 < figures["alarm_s"] < 135 and figures["cleared_s"] is not None and figures["state_now"] == "OK"
+    assert "Threshold Crossed" in figures["alarm_reason"]
+
+
+@pytest.mark.drill
+def test_drill_region_silent__the_status_region_pages_while_the_region_s_own_topic_refuses(site, agents, tmp_path):
+    report = region_silent.run(agents, tmp_path, project_dir=site.project_dir)
+    figures = report.as_json()
+    assert report.passed, figures
+    # Two silent periods of 30 s, evaluated every 30 s: not before a minute, within a minute and a half.
+    assert figures["region_topic_unreachable"] and 55 < figures["alarm_s"] < 120 and figures["state_now"] == "OK"

@@ -73,8 +73,9 @@ def test_global_stack__a_silent_region_pages_from_the_status_region(global_run, 
                                                                                    "us-west-2"}  # fmt: skip
     (topic,) = [r for r in resources if r.type == "aws:sns/topic:Topic" and r.inputs.get("name") == "bulkhead-status"]
     for alarm in alarms:
-        # Silence itself is the fault: no data breaches.
+        # Silence itself is the fault: no data breaches; one minute of it (two high-resolution periods) pages.
         assert alarm.inputs["treatMissingData"] == "breaching"
+        assert (alarm.inputs["period"], alarm.inputs["evaluationPeriods"]) == (30, 2)
         assert (alarm.inputs["statistic"], alarm.inputs["comparisonOperator"], alarm.inputs["threshold"]) == (
             "SampleCount",
             "LessThanThreshold",

@@ -36,6 +36,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
                       dyno_state=Path(args.dyno_state) if args.dyno_state else None, postgres=args.postgres,
                       registry=args.registry.split(",") if args.registry else [])  # fmt: skip
     cloudwatch = _client(args, "cloudwatch", args.region)
+
     def status_account(service: str, region: str, granted: dict):
         return _client(args, service, region, granted)
 

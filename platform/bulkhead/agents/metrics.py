@@ -196,7 +196,8 @@ class MetricsAgent:
             client = self.heartbeat()
             if client is None:
                 raise LookupError(f"no heartbeat destination in SSM /bulkhead/{self.region}/heartbeat yet")
-            beat = datum(topology.HEARTBEAT_METRIC, 1, "Count", self.region, at)
+            # High resolution: the status region's alarm on it has periods of 30 s.
+            beat = {**datum(topology.HEARTBEAT_METRIC, 1, "Count", self.region, at), "StorageResolution": 1}
             client.put_metric_data(Namespace=topology.HEARTBEAT_NAMESPACE, MetricData=[beat])
             self.figures.heartbeats += 1
             self.figures.last_heartbeat_at = time.time()

@@ -10,12 +10,14 @@ from rich.table import Table
 
 from bulkhead import project
 from bulkhead.drills import (
+    archive_stall,
     az_loss,
     bad_route_record,
     boot_storm,
     ebs_loss,
     partition_singleton,
     region_loss,
+    region_silent,
     rod_flips,
     slow_registry,
 )
@@ -30,6 +32,8 @@ AGENT_DRILLS = (
     ("partition-singleton", partition_singleton, "cut off the clock's host; fencing tokens prove one copy ran"),
     ("slow-registry", slow_registry, "slow the routers' links to the registry while routes churn at 100/s"),
     ("boot-storm", boot_storm, "slow one cell's disks while the app scales up: rate cap, breaker, drain"),
+    ("archive-stall", archive_stall, "cut the primary's route to S3 while it writes: the archive-lag alarm pages"),
+    ("region-silent", region_silent, "take a region off the air: the status region's heartbeat alarm pages"),
 )
 
 

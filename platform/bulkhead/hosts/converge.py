@@ -12,7 +12,7 @@ from pathlib import Path
 import ansible_runner
 
 from bulkhead import topology
-from bulkhead.hosts.sandbox import HostSpec, Sandboxes
+from bulkhead.hosts.sandbox import AWS_API_PORT, HostSpec, Sandboxes
 from bulkhead.localcloud import server
 from bulkhead.localcloud.aws import local_environment
 from bulkhead.localcloud.state import Store
@@ -48,8 +48,9 @@ def extra_vars(specs: list[HostSpec], sandboxes: Sandboxes, store: Store, projec
         # The local cloud takes any credentials; on AWS the instance role provides them instead.
         "postgres_environment": local_environment(regions[0] if regions else "us-east-1"),
         "bulkhead_secrets_dir": str(sandboxes.directory / "secrets"),
-        # The host agents reach the local cloud's SSM (the rods) at the same endpoint, with the same credentials.
-        "common_aws_endpoint_url": info.endpoint if info else "",
+        # The host agents reach the local cloud's other APIs (SSM's rods, CloudWatch, STS) through the sandbox's
+        # own relay beside S3's, with the same credentials: a drill can then cut S3 alone.
+        "common_aws_endpoint_url": f"http://127.0.0.1:{AWS_API_PORT}" if info else "",
         "common_environment": local_environment(regions[0] if regions else "us-east-1"),
         # Sandboxes share this machine's clock: configure chrony, never let it steer the clock.
         "common_time_sync_start": False,

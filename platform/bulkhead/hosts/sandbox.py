@@ -69,6 +69,9 @@ echo "user data exited $code"
 finish failed $code
 """
 LINK_LOCAL = "169.254.0.0/16"
+# Where a fast sandbox reaches the AWS APIs other than S3 (its agents' CloudWatch, SSM, STS): inside its own
+# network namespace, so any port will do; S3 keeps the local cloud's own port.
+AWS_API_PORT = 4510
 FABRIC_ADDRESSES = ("169.254.169.254/16", "169.254.169.1/16")
 
 
@@ -285,25 +288,55 @@ class Sandboxes:
         _run("ip", "-n", spec.netns, "route", "add", LINK_LOCAL, "dev", "eth0")
 
     def _s3_endpoint(self, spec: HostSpec, port: int, target: int) -> None:
-        """Relay 127.0.0.1:port inside the sandbox to 127.0.0.1:target on this machine (the region's front).
+        """The region's endpoints inside the sandbox, each relayed to 127.0.0.1:target on this machine (the region's
+        front): S3 at 127.0.0.1:`port`, as a VPC gateway endpoint provides it, and every other AWS API at
+        127.0.0.1:AWS_API_PORT, as interface endpoints (or the NAT) do. Two paths, as on AWS, so that a drill can
+        cut a host's S3 (its WAL archive) while its agents still reach CloudWatch.
 
-        The two halves meet at a unix socket in the sandbox's /run: traffic never leaves this machine
+        The two halves of each meet at a unix socket in the sandbox's /run: traffic never leaves this machine
         and the sandbox's network namespace stays without any route out.
         """
-        root, base = self.root(spec), self.directory / spec.name
-        socket_path = root / "run" / "bulkhead-s3.sock"
+        endpoints = (("s3", port, "S3, as a VPC gateway endpoint would provide it"),
+                     ("aws", AWS_API_PORT, "AWS APIs other than S3, as interface endpoints would"))  # fmt: skip
+        for name, inside, what in endpoints:
+            (self.directory / spec.name / f"{name}-relay.target").write_text(str(target))
+            self._relay(spec, name)
+            (self.root(spec) / "etc" / "supervisor" / "conf.d" / f"{name}-endpoint.conf").write_text(
+                f"; The local cloud's {what} (written by bulkhead hosts up).\n"
+                f"[program:{name}-endpoint]\n"
+                f"command=/usr/bin/socat TCP-LISTEN:{inside},bind=127.0.0.1,fork,reuseaddr "
+                f"UNIX-CONNECT:/run/bulkhead-{name}.sock\n"
+                "autorestart=true\n"
+            )
+
+    def _relay(self, spec: HostSpec, name: str) -> None:
+        base = self.directory / spec.name
+        target = int((base / f"{name}-relay.target").read_text())
+        socket_path = self.root(spec) / "run" / f"bulkhead-{name}.sock"
+        socket_path.unlink(missing_ok=True)
         relay = subprocess.Popen(
             ["socat", f"UNIX-LISTEN:{socket_path},fork,mode=0666", f"TCP:127.0.0.1:{target}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-        (base / "s3-relay.pid").write_text(str(relay.pid))
-        (root / "etc" / "supervisor" / "conf.d" / "s3-endpoint.conf").write_text(
-            "; The local cloud's S3, as a VPC gateway endpoint would provide it (written by bulkhead hosts up).\n"
-            "[program:s3-endpoint]\n"
-            f"command=/usr/bin/socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr "
-            "UNIX-CONNECT:/run/bulkhead-s3.sock\n"
-            "autorestart=true\n"
-        )
+        (base / f"{name}-relay.pid").write_text(str(relay.pid))
+
+    def cut_endpoint(self, spec: HostSpec, name: str = "s3") -> None:
+        """Cut one of the host's endpoints (`s3` or `aws`): its relay and every connection through it are killed,
+        so new requests are refused and those in flight broken, as when a route to an endpoint is lost."""
+        pid_file = self.directory / spec.name / f"{name}-relay.pid"
+        with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        pid_file.unlink(missing_ok=True)
+        (self.root(spec) / "run" / f"bulkhead-{name}.sock").unlink(missing_ok=True)
+        log.info("endpoint cut", extra={"host": spec.name, "endpoint": name})
+
+    def mend_endpoint(self, spec: HostSpec, name: str = "s3") -> None:
+        """Give a cut endpoint back (a no-op when it is whole)."""
+        pid_file = self.directory / spec.name / f"{name}-relay.pid"
+        if pid_file.exists():
+            return
+        self._relay(spec, name)
+        log.info("endpoint mended", extra={"host": spec.name, "endpoint": name})
 
     def _start_init(self, spec: HostSpec) -> None:
         root = self.root(spec)
@@ -357,7 +390,7 @@ class Sandboxes:
             *run.glob("*/*.pid"),
             *run.glob("postgresql/.s.PGSQL.*"),
         ]:
-            if stale.name != "bulkhead-s3.sock":  # the VPC endpoint's socket: kept by its relay outside the host
+            if stale.name not in ("bulkhead-s3.sock", "bulkhead-aws.sock"):  # the endpoints': their relays are outside
                 stale.unlink(missing_ok=True)
         self.set_link(spec, up=True)
         self._start_init(spec)
@@ -379,8 +412,7 @@ class Sandboxes:
 
     def _remove(self, spec: HostSpec) -> None:
         root = self.root(spec)
-        relay = self.directory / spec.name / "s3-relay.pid"
-        if relay.exists():
+        for relay in (self.directory / spec.name).glob("*-relay.pid"):
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.killpg(int(relay.read_text()), signal.SIGKILL)
         self._kill_inside(spec, root)

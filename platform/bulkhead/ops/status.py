@@ -56,19 +56,17 @@ class Site:
     title: str
 
 
-def status_site(project_dir: Path, store: Store | None = None) -> Site:
-    """The status site, locally (the project's local cloud, or `store`'s) or on AWS, as the status account."""
+def status_account(project_dir: Path, store: Store | None = None):
+    """(client(service) as the status account in the status region, the global stack's local outputs or None,
+    the global spec): the local cloud's when it runs for this checkout, else AWS's through the status role."""
     spec = topology.StackFiles(project_dir).spec(topology.GLOBAL_STACK)
     assert isinstance(spec, topology.GlobalSpec)
-    title = f"{spec.domain} status"
     store = store or Store.of_project(project_dir)
     outputs = store.outputs(topology.GLOBAL_STACK)
     endpoint = controller.front_endpoint(store.directory, spec.status_region)
     if endpoint and outputs:
         local = LocalAws(endpoint)
-        clients = [local.client(s, spec.status_region, spec.status_role_arn) for s in ("s3", "sns", "cloudfront")]
-        return Site(*clients, outputs["statusBucket"], outputs.get("statusTopicArn"),
-                    outputs.get("statusDistributionId"), title)  # fmt: skip
+        return (lambda service: local.client(service, spec.status_region, spec.status_role_arn)), outputs, spec
     if spec.status_role_arn is None:
         raise StatusError("bulkhead:statusRoleArn is not set: the status site is written only as its own account; "
                           "set it in Pulumi.global.yaml")  # fmt: skip
@@ -81,11 +79,21 @@ def status_site(project_dir: Path, store: Store | None = None) -> Site:
     session = boto3.Session(aws_access_key_id=credentials["AccessKeyId"],
                             aws_secret_access_key=credentials["SecretAccessKey"],
                             aws_session_token=credentials["SessionToken"], region_name=spec.status_region)  # fmt: skip
+    return session.client, None, spec
+
+
+def status_site(project_dir: Path, store: Store | None = None) -> Site:
+    """The status site, locally (the project's local cloud, or `store`'s) or on AWS, as the status account."""
+    client, outputs, spec = status_account(project_dir, store)
+    title = f"{spec.domain} status"
+    if outputs:
+        return Site(client("s3"), client("sns"), client("cloudfront"), outputs["statusBucket"],
+                    outputs.get("statusTopicArn"), outputs.get("statusDistributionId"), title)  # fmt: skip
     # As the program names them (infra/__main__.py, components/status.py); the stack's outputs say the same.
     bucket = spec.status_domain.replace(".", "-")
-    account = spec.status_role_arn.split(":")[4]
-    cloudfront = session.client("cloudfront")
-    return Site(session.client("s3"), session.client("sns"), cloudfront, bucket,
+    account = str(spec.status_role_arn).split(":")[4]
+    cloudfront = client("cloudfront")
+    return Site(client("s3"), client("sns"), cloudfront, bucket,
                 f"arn:aws:sns:{spec.status_region}:{account}:{topology.STATUS_TOPIC}",
                 _distribution_of(cloudfront, bucket), title)  # fmt: skip
 
