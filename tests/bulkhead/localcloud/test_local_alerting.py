@@ -15,7 +15,7 @@ from playwright import sync_api
 
 from bulkhead import project, topology
 from bulkhead.localcloud import cloud
-from bulkhead.ops import status
+from bulkhead.ops import alarms, status
 
 pytestmark = pytest.mark.moto
 
@@ -154,3 +154,20 @@ def test_status__the_page_renders_in_chromium_while_every_platform_region_refuse
                     "Platform API": "degraded"}  # fmt: skip
     assert requests and all(r.startswith(url) for r in requests), requests
     assert (ARTIFACTS / "status-page.png").stat().st_size > 1000
+
+
+def test_alarms_cli__lists_each_alarm_where_it_lives_and_a_region_off_the_air_as_unreachable(deployed, monkeypatch):
+    store, _, _ = deployed
+    monkeypatch.setenv("BULKHEAD_LOCAL_DIR", str(store.directory))
+    rows = {r["alarm"]: r for r in alarms.current(PROJECT_DIR)}
+    assert {f"bulkhead-{r}-silent" for r in REGIONS} <= set(rows)
+    assert all(rows[f"bulkhead-{r}-silent"]["state"] == "ALARM" for r in REGIONS), "no host ever beat"
+    assert rows["bulkhead-eu-west-1-wal-archive-lag"]["where"] == "eu-west-1"
+    assert rows["bulkhead-eu-west-1-silent"]["where"] == f"{GLOBAL['bulkhead:statusRegion']} (status)"
+    try:
+        cloud.set_on_air(store, "eu-west-1", False)
+        rows = alarms.current(PROJECT_DIR)
+    finally:
+        cloud.set_on_air(store, "eu-west-1", True)
+    assert [r["state"] for r in rows if r["where"] == "eu-west-1"] == ["UNREACHABLE"]
+    assert {r["state"] for r in rows if r["where"] == "us-west-2"} == {"OK"}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
 
 import boto3
@@ -113,3 +116,16 @@ def test_post__bad_input_is_refused_and_the_page_left_as_it_was(site, component,
         status.post(site, component, state, message)
     assert {key: _object(site.s3, key) for key in objects} == objects
     assert len(_announced(sqs, queue)) == 1
+
+
+def test_cli__without_credentials_one_line_and_exit_1(tmp_path, project_dir):
+    """No local cloud and no AWS credentials: one line that says what to do, and nothing written anywhere."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    environment.update({"BULKHEAD_LOCAL_DIR": str(tmp_path / "no-local-cloud"), "AWS_CONFIG_FILE": "/dev/null",
+                        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true"})  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "bulkhead.cli", "--project", str(project_dir), "status", "post",
+                             "--component", "api", "--state", "degraded", "--message", "slow"],
+                            capture_output=True, text=True, env=environment, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "cannot act as the status account" in line and "credentials" in line
