@@ -48,12 +48,12 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title="alarms")
-    for column in ("alarm", "where", "state", "since", "reason"):
+    table = Table(title="alarms (--json adds each one's reason)")
+    for column in ("alarm", "where", "state", "since"):
         table.add_column(column, overflow="fold")
     for row in rows:
         style = "red" if row["state"] in ("ALARM", "UNREACHABLE") else None
-        table.add_row(row["alarm"], row["where"], row["state"], row["since"], row["reason"][:80], style=style)
+        table.add_row(row["alarm"], row["where"], row["state"], row["since"], style=style)
     Console().print(table)
     return 0
 
