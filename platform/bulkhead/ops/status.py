@@ -162,7 +162,8 @@ def resolve(site: Site, component: str, message: str | None = None) -> bool:
 def _publish(site: Site, document: dict) -> None:
     components = [status_page.Component(COMPONENTS[k], document["components"].get(k, "operational"))
                   for k in COMPONENTS]  # fmt: skip
-    page = status_page.render(site.title, components, notice=document["posts"][-1]["message"])
+    latest = document["posts"][-1]
+    page = status_page.render(site.title, components, notice=latest["message"], updated=latest["at"])
     objects = (
         (PAGE, page.encode(), "text/html; charset=utf-8"),
         (FEED, feed(site.title, document["posts"]).encode(), "application/atom+xml"),
