@@ -71,5 +71,6 @@ def test_up__reads_the_stacks_own_file_once(project, store, monkeypatch):
     cloud.up([STACK], store, project_dir=project)
     assert reads.count(STACK) == 1
     # The others are read for the checks that span stacks: once by validation, once by the program itself;
-    # the global stack once, for the status site's region, which the controller fronts too.
-    assert sorted(reads) == sorted([STACK, "us-east-1", "us-west-2", "us-east-1", "us-west-2", "global"])
+    # the global stack once for the status site's region (which the controller fronts too), and once by the
+    # program for where the hosts' heartbeat goes.
+    assert sorted(reads) == sorted([STACK, "us-east-1", "us-west-2", "us-east-1", "us-west-2", "global", "global"])
