@@ -9,7 +9,9 @@ Each round (every `interval` s) it:
    crashed process, launches what is missing; each launch needs a permit from the cell's per-minute
    count (the `dyno-launch-rate` rod) and the boot-time breaker's consent;
 4. watches each launch boot (a web process boots when it answers HTTP), records the boot time, feeds the
-   breaker, and only then publishes the route.
+   breaker, and only then publishes the route;
+5. publishes again the route of a web process it finds running without one (a restarted manager: the old
+   lease took its routes), once it answers.
 `app-management-lockdown` stops voluntary moves (new launches, rebalancing, restarts); a crashed process
 is still replaced. Figures go to a state file every round.
 """
@@ -263,6 +265,40 @@ class DynoManager:
         for process in plan.launch:
             if not self._launch(process, restarts.get(process.app, 0)):
                 break  # the rest wait for the next permit
+        with self._lock:
+            unrouted = [r.process for r in running if r.state == "RUNNING" and r.process.type == "web"
+                        and r.process in mine and r.process not in self.routes and r.process not in self.booting
+                        and r.process not in plan.stop]  # fmt: skip
+        for process in unrouted:
+            self._adopt(process)
+
+    def _adopt(self, process: dynos.Process) -> None:
+        """A web process that runs here with no route of this manager's: the manager was restarted (an
+        upgrade, a crash) and its old lease took the routes with it. Once it answers, publish its route
+        again; it is not a launch, so it feeds neither the breaker nor the launch count."""
+        port = self.supervisor.meta(process).get("port")
+        if port is None or not self._answers(int(port)):
+            return  # a process that does not answer is left to supervisord and the next round
+        if self._publish(process, int(port)):
+            log.info("adopted", extra={"dyno": process.name, "port": port})
+
+    def _answers(self, port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host.address}:{port}/", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def _publish(self, process: dynos.Process, port: int) -> bool:
+        route = routes.Route(process.app, self.host.name, self.host.address, port, self.host.az, time.time())
+        try:
+            self.registry.put(route.key(self.host.region), route.value(), lease=self.lease)
+        except RegistryError as error:
+            log.warning("route not published", extra={"dyno": process.name, "error": str(error)[:200]})
+            return False
+        with self._lock:
+            self.routes[process] = route
+        return True
 
     def _permit(self) -> float | None:
         """One launch of this cell's per-minute budget and the breaker's consent: when it was given, or None.
@@ -331,11 +367,7 @@ class DynoManager:
             if port is None:
                 booted = any(r.process == process and r.state == "RUNNING" for r in self.supervisor.running())
             else:
-                try:
-                    with urllib.request.urlopen(f"http://{self.host.address}:{port}/", timeout=2) as answer:
-                        booted = answer.status == 200
-                except OSError:
-                    booted = False
+                booted = self._answers(port)
             if booted:
                 break
             time.sleep(0.2)
@@ -346,13 +378,7 @@ class DynoManager:
             self.figures.boot_failures += 1
             log.warning("boot timed out", extra={"dyno": process.name, "timeout_s": self.boot_timeout})
         elif port is not None:
-            route = routes.Route(process.app, self.host.name, self.host.address, port, self.host.az, time.time())
-            try:
-                self.registry.put(route.key(self.host.region), route.value(), lease=self.lease)
-                with self._lock:
-                    self.routes[process] = route
-            except RegistryError as error:
-                log.warning("route not published", extra={"dyno": process.name, "error": str(error)[:200]})
+            self._publish(process, port)
         log.info("booted" if booted else "not booted", extra={"dyno": process.name, "boot_s": seconds})
         with self._lock:
             self.booting.pop(process, None)

@@ -16,35 +16,9 @@ import pytest
 from bulkhead.agents import dynos
 from bulkhead.agents.dyno_manager import DynoManager, Host, Supervisor
 from bulkhead.agents.registry import Registry, RegistryError
-from bulkhead.localcloud import server
 
 pytestmark = pytest.mark.unit
 REGION = "eu-west-1"
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("etcd")
-    client, peer = server.free_port(), server.free_port()
-    process = subprocess.Popen(
-        ["etcd", "--data-dir", str(directory / "data"), "--listen-client-urls", f"http://127.0.0.1:{client}",
-         "--advertise-client-urls", f"http://127.0.0.1:{client}", "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}", "--initial-cluster",
-         f"default=http://127.0.0.1:{peer}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    registry = Registry([f"127.0.0.1:{client}"], timeout=1.0)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            registry.get("/ready")
-            break
-        except RegistryError:
-            assert time.monotonic() < deadline, "etcd did not start"
-            time.sleep(0.2)
-    yield process, registry
-    process.kill()
-    process.wait()
 
 
 def test_registry__a_dead_member_is_skipped_and_none_answering_is_one_clear_error(etcd):

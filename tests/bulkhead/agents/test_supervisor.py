@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
+import json
 import time
 
 import pytest
 
-from bulkhead.agents.dyno_manager import Supervisor
-from bulkhead.agents.dynos import Process
+from bulkhead.agents import routes
+from bulkhead.agents.dyno_manager import SETTLE_SECONDS, DynoManager, Host, Supervisor
+from bulkhead.agents.dynos import Desired, Process
+from bulkhead.localcloud import server
 
 WEB, WORKER = Process("sample", "web", 1), Process("sample", "worker", 1)
-
-
-@pytest.fixture
-def supervisord(tmp_path):
-    """A supervisord of its own (socket, includes and logs under tmp_path), with one program that is no dyno."""
-    conf_dir = tmp_path / "conf.d"
-    conf_dir.mkdir()
-    socket_path = tmp_path / "supervisor.sock"
-    config = tmp_path / "supervisord.conf"
-    config.write_text(
-        f"[unix_http_server]\nfile={socket_path}\nchmod=0700\n"
-        f"[supervisord]\nlogfile={tmp_path}/supervisord.log\npidfile={tmp_path}/supervisord.pid\nnodaemon=true\n"
-        "[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
-        f"[supervisorctl]\nserverurl=unix://{socket_path}\n"
-        f"[program:haproxy]\ncommand=sleep 600\n"
-        f"[include]\nfiles={conf_dir}/*.conf\n"
-    )
-    daemon = subprocess.Popen(["supervisord", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while not socket_path.exists():
-        assert daemon.poll() is None and time.monotonic() < deadline, (tmp_path / "supervisord.log").read_text()
-        time.sleep(0.1)
-    yield Supervisor(conf_dir, tmp_path, socket_path)
-    daemon.terminate()
-    daemon.wait(timeout=30)
 
 
 def _states(supervisor: Supervisor) -> dict[Process, tuple[str, int]]:
@@ -64,3 +41,31 @@ def test_running__without_supervisord_raises_instead_of_reporting_no_processes(t
     # An empty list would make the manager launch every process again.
     with pytest.raises(OSError):
         Supervisor(tmp_path, tmp_path, tmp_path / "absent.sock").running()
+
+
+def test_adopt__a_restarted_manager_routes_the_web_process_it_finds_running_without_launching_it(
+    etcd, supervisord, tmp_path
+):
+    # Given: a web dyno running under supervisord whose manager has gone (its lease, and the route, with it)
+    _, registry = etcd
+    region = f"r{time.time_ns()}"
+    port = server.free_port()
+    process = Process("sample", "web", 1)
+    supervisord.start(process, f"python3 -m http.server {port} --bind 127.0.0.1", {}, tmp_path, "root",
+                      {"port": port, "restarts": 0})  # fmt: skip
+    registry.put(routes.apps_prefix(region) + "sample", Desired("sample", {"web": 1}).value())
+    host = Host("h1", "127.0.0.1", "eu-west-1a", "1", region)
+    manager = DynoManager(registry, host, supervisord, tmp_path, tmp_path / "state.json")
+    manager.figures.started_at -= SETTLE_SECONDS
+    # When: the new manager's rounds run (the process takes a moment to answer)
+    deadline = time.monotonic() + 20
+    while not manager.routes:
+        assert time.monotonic() < deadline, "no route published"
+        manager.step()
+        time.sleep(0.2)
+    # Then: its route is back in the registry under the new lease, and nothing was launched or stopped
+    found, _ = registry.get_prefix(routes.routes_prefix(region))
+    assert list(found) == [manager.routes[process].key(region)]
+    assert json.loads(found[manager.routes[process].key(region)])["port"] == port
+    assert manager.figures.launches == 0 and manager.figures.stopped == 0
+    assert _states(supervisord) == {process: ("RUNNING", 0)}
