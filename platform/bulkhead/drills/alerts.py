@@ -15,9 +15,9 @@ from pathlib import Path
 
 from bulkhead import topology
 from bulkhead.drills.common import DrillError
-from bulkhead.localcloud import controller
-from bulkhead.localcloud.aws import LocalAws
 from bulkhead.localcloud.state import Store
+from bulkhead.ops.secrets import region_client
+from bulkhead.ops.status import StatusError, status_account
 
 
 @dataclass(frozen=True)
@@ -62,30 +62,23 @@ class Watch:
         return None
 
 
-def _local(project_dir: Path, region: str, role: str | None = None):
-    store = Store.of_project(project_dir)
-    endpoint = controller.front_endpoint(store.directory, region)
-    if endpoint is None:
-        raise DrillError(f"the local cloud's controller does not front {region}; run `bulkhead local up`")
-    local = LocalAws(endpoint)
-    return store, (lambda service: local.client(service, region, role))
-
-
 def region_alarm(project_dir: Path, region: str, name: str) -> Watch:
     """One of a region's own alarms (`wal-archive-lag`, ...), heard by the region's alert queue."""
-    store, client = _local(project_dir, region)
-    outputs = store.outputs(region)
+    outputs = Store.of_project(project_dir).outputs(region)
     if not outputs or "alertQueueUrl" not in outputs:
         raise DrillError(f"stack {region} has no alert queue; run `bulkhead local up --stacks {region}`")
-    return Watch(f"bulkhead-{region}-{name}", client("cloudwatch"), client("sqs"), outputs["alertQueueUrl"])
+    return Watch(f"bulkhead-{region}-{name}", region_client(project_dir, "cloudwatch", region),
+                 region_client(project_dir, "sqs", region), outputs["alertQueueUrl"])  # fmt: skip
 
 
 def heartbeat_alarm(project_dir: Path, region: str) -> Watch:
     """The status region's dead man's switch for `region`, heard by the status queue (the status account)."""
-    spec = topology.StackFiles(project_dir).spec(topology.GLOBAL_STACK)
-    assert isinstance(spec, topology.GlobalSpec)
-    store, client = _local(project_dir, spec.status_region, spec.status_role_arn)
+    store = Store.of_project(project_dir)
     outputs = store.outputs(topology.GLOBAL_STACK)
     if not outputs or "statusQueueUrl" not in outputs:
         raise DrillError("the global stack is not deployed; run `bulkhead local up` with its stacks")
+    try:
+        client, _, _ = status_account(project_dir, store)
+    except StatusError as error:
+        raise DrillError(str(error)) from None
     return Watch(f"bulkhead-{region}-silent", client("cloudwatch"), client("sqs"), outputs["statusQueueUrl"])
