@@ -125,11 +125,10 @@ class Edge:
     """Every distribution of every account it is given, served locally and kept in step with invalidations."""
 
     def __init__(self, client: Callable[[str, str, str | None], object], roles: Sequence[str | None],
-                 reachable: Callable[[str], bool], ports: dict[str, int] | None = None) -> None:  # fmt: skip
+                 reachable: Callable[[str], bool]) -> None:  # fmt: skip
         self.client = client
         self.roles = list(roles)
         self.reachable = reachable
-        self.ports = dict(ports or {})
         self.distributions: dict[str, Distribution] = {}
 
     def _fetcher(self, role: str | None, region: str):
@@ -163,7 +162,7 @@ class Edge:
         config = self.client("cloudfront", "us-east-1", role).get_distribution_config(Id=item["Id"])
         root = config["DistributionConfig"].get("DefaultRootObject") or "index.html"
         fetch = self._fetcher(role, region or "us-east-1")
-        distribution = Distribution(item["Id"], item["DomainName"], bucket, root, fetch, self.ports.get(item["Id"], 0))
+        distribution = Distribution(item["Id"], item["DomainName"], bucket, root, fetch)
         distribution.serve()
         self.distributions[item["Id"]] = distribution
         return distribution
