@@ -25,12 +25,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bulkhead import project, topology
+from bulkhead import project
 from bulkhead.drills import archive_stall, region_silent
 from bulkhead.ha.reach import Reach
-from bulkhead.hosts import converge, inventory
-from bulkhead.hosts.sandbox import Sandboxes
-from bulkhead.localcloud import cloud, controller, server
+from bulkhead.hosts.site import region_site
+from bulkhead.localcloud import cloud
 from bulkhead.localcloud.state import Store
 from bulkhead.ops import status
 
@@ -59,21 +58,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     runs = parser.parse_args().runs
     base = Path(tempfile.mkdtemp(prefix="bulkhead-bench-alerting-"))
-    store, sandboxes = Store(base / "local"), Sandboxes(base / "hosts")
-    os.environ["BULKHEAD_LOCAL_DIR"] = str(store.directory)
+    os.environ["BULKHEAD_LOCAL_DIR"] = str(base / "local")
     console = Console(stderr=True)
     results: dict[str, list[float]] = {name: [] for name in GOALS}
-    try:
-        cloud.up(topology.stack_names(PROJECT_DIR), store, project_dir=PROJECT_DIR, hosts=sandboxes.directory)
-        specs = inventory.local_hosts(REGION, store, PROJECT_DIR)
-        sandboxes.up(specs, s3_port=server.running(store.directory).port, fronts=controller.fronts_of(store.directory))
-        path = inventory.write_inventory(specs, sandboxes, store)
-        with console.status(f"configuring {len(specs)} sandbox hosts"):
-            report = converge.converge(sandboxes, path, converge.extra_vars(specs, sandboxes, store, PROJECT_DIR),
-                                       PROJECT_DIR)  # fmt: skip
-        if not report.succeeded:
-            raise SystemExit("; ".join(report.failures))
-        reach = Reach(sandboxes, REGION)
+    console.print("a local cloud of every stack, every eu-west-1 host a sandbox, configured once")
+    with region_site(PROJECT_DIR, base, REGION) as made:
+        if not made.first_run.succeeded:
+            raise SystemExit("; ".join(made.first_run.failures))
+        reach = Reach(made.sandboxes, REGION)
         for index in range(runs):
             console.print(f"run {index + 1}/{runs}: archive-stall")
             stall = archive_stall.run(reach, base / "drills", project_dir=PROJECT_DIR)
@@ -81,11 +73,7 @@ def main() -> None:
             console.print(f"run {index + 1}/{runs}: region-silent")
             silent = region_silent.run(reach, base / "drills", project_dir=PROJECT_DIR)
             results["region-silent alarm"].append(silent.figures["alarm_s"] or float("nan"))
-            results["status post served"].append(post_served(store, index))
-    finally:
-        sandboxes.down()
-        controller.stop(store.directory)
-        server.stop(store.directory)
+            results["status post served"].append(post_served(made.store, index))
     table = Table(title=f"alerting, {runs} runs each (metrics every 10 s; alarms evaluated once a 60 s period)")
     for column in ("case", "median (s)", "max (s)", "runs (s)", "goal (s)", "median / goal"):
         table.add_column(column, justify="right" if column != "case" else "left")

@@ -32,10 +32,7 @@ from bulkhead.drills import az_loss, ebs_loss, workload
 from bulkhead.drills.common import URL_FILE, healthy_problem, wait_until
 from bulkhead.ha import cluster
 from bulkhead.ha.reach import Reach
-from bulkhead.hosts import converge, inventory
-from bulkhead.hosts.sandbox import Sandboxes
-from bulkhead.localcloud import cloud, server
-from bulkhead.localcloud.state import Store
+from bulkhead.hosts.site import region_site
 
 PROJECT_DIR = project.find(start=Path(__file__).parent)
 REGION = "eu-west-1"
@@ -70,20 +67,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     runs = parser.parse_args().runs
     base = Path(tempfile.mkdtemp(prefix="bulkhead-bench-failover-"))
-    store, sandboxes = Store(base / "local"), Sandboxes(base / "hosts")
     console = Console(stderr=True)
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in GOALS}
-    try:
-        cloud.up([REGION], store, project_dir=PROJECT_DIR)
-        specs = inventory.local_hosts(REGION, store, PROJECT_DIR)
-        sandboxes.up(specs, s3_port=server.running(store.directory).port)
-        path = inventory.write_inventory(specs, sandboxes, store)
-        with console.status(f"configuring {len(specs)} sandbox hosts"):
-            report = converge.converge(sandboxes, path, converge.extra_vars(specs, sandboxes, store, PROJECT_DIR),
-                                       PROJECT_DIR)  # fmt: skip
-        if not report.succeeded:
-            raise SystemExit("; ".join(report.failures))
-        reach = Reach(sandboxes, REGION)
+    console.print(f"a local cloud of {REGION}, every host a sandbox, configured once")
+    with region_site(PROJECT_DIR, base, REGION, stacks=[REGION]) as made:
+        if not made.first_run.succeeded:
+            raise SystemExit("; ".join(made.first_run.failures))
+        reach = Reach(made.sandboxes, REGION)
         for index in range(runs):
             for name in GOALS:
                 wait_until(
@@ -96,9 +86,6 @@ def main() -> None:
                     drill = az_loss.run(reach, None, base / "drills") if name == "az-loss" else ebs_loss.run(
                         reach, base / "drills")  # fmt: skip
                     results[name].append((drill.rto_s, drill.rows_lost))
-    finally:
-        sandboxes.down()
-        server.stop(store.directory)
     table = Table(title=f"failover, {runs} runs each (Patroni ttl 20 s, loop_wait 1 s, retry_timeout 5 s)")
     for column in ("case", "RTO median (s)", "RTO max (s)", "rows lost", "goal (s)", "median / goal"):
         table.add_column(column, justify="right" if column != "case" else "left")

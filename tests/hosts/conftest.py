@@ -14,11 +14,10 @@ import testinfra.host
 from testinfra.backend.base import CommandResult
 from testinfra.backend.chroot import ChrootBackend
 
-from bulkhead import topology
 from bulkhead.ha.reach import Reach
-from bulkhead.hosts import converge, inventory
+from bulkhead.hosts import converge
 from bulkhead.hosts.sandbox import Sandboxes
-from bulkhead.localcloud import cloud, controller, server
+from bulkhead.hosts.site import region_site
 from bulkhead.localcloud.state import Store
 
 REGION = "eu-west-1"
@@ -79,28 +78,14 @@ class Site:
 
 @pytest.fixture(scope="session")
 def site(project_dir, tmp_path_factory):
+    # Two dyno cells, so that the boot-storm drill can slow one and watch the other. Every stack (without hosts
+    # beyond this region's): the global one holds the status region's heartbeat alarms, and needs the others.
+    # Every host: a router, two dyno hosts (one per cell) and a database member (with etcd) in each AZ, so that
+    # any AZ can be lost while the others serve.
     base = tmp_path_factory.mktemp("site")
-    store = Store(base / "local")
-    sandboxes = Sandboxes(base / "hosts")
-    try:
-        # Two dyno cells, so that the boot-storm drill can slow one and watch the other. Every stack (without hosts
-        # beyond this region's): the global one holds the status region's heartbeat alarms, and needs the others.
-        cloud.up(topology.stack_names(project_dir), store, project_dir=project_dir, hosts=sandboxes.directory,
-                 config={"bulkhead:cells": "2"})  # fmt: skip
-        # Every host: a router, two dyno hosts (one per cell) and a database member (with etcd) in each AZ, so
-        # that any AZ can be lost while the others serve.
-        specs = inventory.local_hosts(REGION, store, project_dir)
-        fronts = controller.fronts_of(store.directory)
-        sandboxes.up(specs, s3_port=server.running(store.directory).port, fronts=fronts)
-        path = inventory.write_inventory(specs, sandboxes, store)
-        extra = converge.extra_vars(specs, sandboxes, store, project_dir)
-        first = converge.converge(sandboxes, path, extra, project_dir)
-        assert first.succeeded, first.failures
-        yield Site(project_dir, store, sandboxes, path, first)
-    finally:
-        sandboxes.down()
-        controller.stop(store.directory)
-        server.stop(store.directory)
+    with region_site(project_dir, base, REGION, config={"bulkhead:cells": "2"}) as made:
+        assert made.first_run.succeeded, made.first_run.failures
+        yield Site(project_dir, made.store, made.sandboxes, made.inventory_path, made.first_run)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
