@@ -422,20 +422,37 @@ class Sandboxes:
         shutil.rmtree(self.directory / spec.name, ignore_errors=True)
 
     @staticmethod
-    def _kill_inside(spec: HostSpec, root: Path) -> None:
-        """Every process of the sandbox: in its namespace, or running from its root."""
-        pids = set(_run("ip", "netns", "pids", spec.netns, check=False).stdout.split())
+    def _inside(spec: HostSpec, root: Path) -> set[int]:
+        """The sandbox's processes: in its network namespace, or running from its root."""
+        pids = {int(p) for p in _run("ip", "netns", "pids", spec.netns, check=False).stdout.split()}
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
                 with contextlib.suppress(OSError):
                     if os.readlink(proc / "root") == str(root):
-                        pids.add(proc.name)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid), signal.SIGKILL)
+                        pids.add(int(proc.name))
+        return pids
+
+    @classmethod
+    def _kill_inside(cls, spec: HostSpec, root: Path) -> None:
+        """Every process of the sandbox dies at once, and none escapes.
+
+        Killing what one listing found is not enough: supervisord restarts a program whose process it saw
+        die between the listing and its own SIGKILL, and that new process outlived the host (a second
+        Patroni on a powered-on host's data, relays left in deleted namespaces). So every process is frozen
+        first (SIGSTOP: a frozen process forks nothing), the listing repeated until it finds none it has not
+        frozen, and only then is everything killed."""
+        frozen: set[int] = set()
+        while found := cls._inside(spec, root) - frozen:
+            for pid in found:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            frozen |= found
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while pids and time.monotonic() < deadline:
-            pids = {p for p in pids if process_running(p)}
+        while frozen and time.monotonic() < deadline:
+            frozen = {p for p in frozen if process_running(p)}
             time.sleep(0.05)
 
 
