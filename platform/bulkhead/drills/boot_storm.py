@@ -3,8 +3,8 @@
 On every dyno host of the slow cell, a FUSE passthrough that delays each fsync by `FSYNC_DELAY_S` is
 mounted over the apps' directory, inside the host's own mount namespace (`slow_fsync`): every process
 launched there boots slowly, as its boot syncs a marker to disk. The launch rate rod is set to `RATE`
-for the drill, and the app is scaled up by `PER_HOST` processes per dyno host. Then the slow disks
-recover (the FUSE mounts go) and the backlog must drain. Goals:
+for the drill (and every manager seen obeying it), and the app is scaled up by `PER_HOST` processes per
+dyno host. Then the slow disks recover (the FUSE mounts go) and the backlog must drain. Goals:
 - `max_launches_per_cell_minute` <= the rod, in every cell and minute (from the managers' own logs);
 - `breaker_opened_slow_cell`: the breaker opened on every host of the slow cell;
 - `other_cells_untouched`: no breaker opened in another cell, and every boot there stayed fast;
@@ -40,6 +40,7 @@ RATE = 12
 PER_HOST = 5
 SLOW_PHASE_S = 45
 DRAIN_TIMEOUT = 120
+RATE_SEEN_TIMEOUT = 30
 APPS_DIR = "/srv/bulkhead/apps"
 MANAGER_LOG = "/var/log/bulkhead/dyno-manager.log"
 WHO = "drill boot-storm"
@@ -164,8 +165,16 @@ def run(reach: Reach, scratch: Path, on_step: Callable[[str], None] | None = Non
     started = time.time()
     rods.set_rod(ssm, reach.region, "dyno-launch-rate", str(RATE), WHO, "boot-storm")
     try:
+        # A rod is obeyed within seconds, not at once: scaling before every manager has read it lets a manager
+        # still at the old rate launch past the new one in that minute.
+        seen = poll_until(lambda: all(state(reach, h, MANAGER_STATE).get("launch_rate") == RATE for h in dynos),
+                          RATE_SEEN_TIMEOUT, interval=0.5)  # fmt: skip
+        if seen is None:
+            raise DrillError(f"the dyno managers did not take the launch rate {RATE} within {RATE_SEEN_TIMEOUT} s; "
+                             f"see `bulkhead rods list --region {reach.region}`")  # fmt: skip
+        step(f"every dyno manager at launch rate {RATE}/min")
         disks.start()
-        step(f"fsync {FSYNC_DELAY_S:.0f} s slower on cell {slow_cell}'s {len(slow)} hosts; launch rate {RATE}/min")
+        step(f"fsync {FSYNC_DELAY_S:.0f} s slower on cell {slow_cell}'s {len(slow)} hosts")
         _scale(project_dir, reach.region, target)
         step(f"sample scaled from web={web_before} to web={target}")
         opened = poll_until(lambda: all(state(reach, h, MANAGER_STATE).get("breaker_opened", 0) > opened_before[h.name]
