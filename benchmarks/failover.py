@@ -86,7 +86,7 @@ def main() -> None:
                     drill = az_loss.run(reach, None, base / "drills") if name == "az-loss" else ebs_loss.run(
                         reach, base / "drills")  # fmt: skip
                     results[name].append((drill.rto_s, drill.rows_lost))
-    table = Table(title=f"failover, {runs} runs each (Patroni ttl 20 s, loop_wait 1 s, retry_timeout 5 s)")
+    table = Table(title=f"failover, {runs} runs each (Patroni ttl 20 s, loop_wait 1 s, retry_timeout 3 s)")
     for column in ("case", "RTO median (s)", "RTO max (s)", "rows lost", "goal (s)", "median / goal"):
         table.add_column(column, justify="right" if column != "case" else "left")
     for name, goal in GOALS.items():
