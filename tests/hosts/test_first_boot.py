@@ -197,12 +197,24 @@ def test_first_boot__what_a_role_uses_it_installed_in_the_hosts_own_layer(booted
         assert not (base_image.root / path).exists(), f"{path} came with the image"
 
 
-def test_first_boot__a_second_converge_changes_nothing(booted):
-    again = booted.run(booted.chosen["router"], "/usr/local/sbin/bulkhead-converge", timeout=600)
-    assert again.returncode == 0, again.stdout[-2000:]
-    recap = again.stdout.strip().splitlines()
+def test_first_boot__a_second_converge_with_nothing_changed_runs_no_play(booted):
+    # Given: hosts whose first boot converged and recorded its inputs (the database member read its SSM parameters)
+    for host in (booted.chosen["router"], booted.chosen["standby"]):
+        # When: each converges again, nothing having changed
+        again = booted.run(host, "/usr/local/sbin/bulkhead-converge", timeout=600)
+        # Then: it says so and runs no play
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "bulkhead-converge: nothing changed since the last converge (commit " in again.stdout, again.stdout
+        assert "PLAY RECAP" not in again.stdout
+
+
+def test_first_boot__a_forced_converge_runs_every_task_and_changes_nothing(booted):
+    forced = booted.run(booted.chosen["router"], "/usr/local/sbin/bulkhead-converge", "--force", timeout=600)
+    assert forced.returncode == 0, forced.stdout[-2000:]
+    recap = forced.stdout.strip().splitlines()
     line = next(line for line in reversed(recap) if line.startswith("localhost"))
     assert " changed=0 " in line, line
+    assert "bulkhead-converge: converged commit " in forced.stdout
 
 
 def test_first_boot__a_database_host_without_an_instance_store_says_so_and_uses_the_root(booted):

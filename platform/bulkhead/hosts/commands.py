@@ -161,13 +161,23 @@ def cmd_configure(args: argparse.Namespace) -> int:
             status.update(f"{task} ({sum(counts.values())} task results)")
 
         extra = converge.extra_vars(specs, sandboxes, store, project_dir)
-        report = converge.converge(sandboxes, path, extra, project_dir, args.playbook, args.limit, seen)
+        report = converge.converge(sandboxes, path, extra, project_dir, args.playbook, args.limit, seen, args.force)
     table = Table(title=f"{args.playbook} in {time.perf_counter() - started:.0f} s")
-    for column in ("host", "role", "ok", "changed"):
+    for column in ("host", "role", "ok", "changed", "converged"):
         table.add_column(column)
     for spec in specs:
-        table.add_row(spec.name, spec.role, str(report.ok.get(spec.name, 0)), str(report.changed.get(spec.name, 0)))
+        if spec.name in report.unchanged:
+            outcome = "no: nothing changed"
+        elif spec.name in report.processed:
+            outcome = "yes"
+        else:
+            outcome = "not in this run"
+        table.add_row(spec.name, spec.role, str(report.ok.get(spec.name, 0)), str(report.changed.get(spec.name, 0)),
+                      outcome)  # fmt: skip
     Console().print(table)
+    if report.unchanged:
+        print(f"{len(report.unchanged)} hosts left as they were: their inputs (roles, variables, secrets) are those "
+              "of their last converge; --force converges them anyway")  # fmt: skip
     if not report.succeeded:
         raise SandboxError("; ".join(report.failures))
     return 0
@@ -300,9 +310,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("host", metavar="HOST", help="instance id or private address")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
     run.set_defaults(handler=cmd_exec)
-    configure = verbs.add_parser("configure", help="run the Ansible playbooks against the sandboxes")
+    configure = verbs.add_parser(
+        "configure",
+        help="run the Ansible playbooks against the sandboxes whose inputs changed",
+        description="Runs roles/PLAYBOOK through ansible-runner. A host that converged records a digest of its "
+        "inputs (the roles, its variables, the secrets); a host whose inputs are unchanged is left out and shown "
+        "as such, unless --force.",
+    )
     configure.add_argument("--limit", help="an Ansible host pattern, e.g. role_router")
     configure.add_argument("--playbook", default="site.yml", help="playbook under roles/ (default site.yml)")
+    configure.add_argument(
+        "--force", action="store_true", help="converge every host, also those whose inputs are those of their last run"
+    )
     configure.set_defaults(handler=cmd_configure)
     listing = verbs.add_parser("list", help="show the sandbox hosts")
     listing.add_argument("--json", action="store_true", help="name, role, region, AZ, address, namespace as JSON")
