@@ -161,11 +161,29 @@ def test_ssh__sshd_runs_and_refuses_passwords(site):
         assert re.search(r"^kbdinteractiveauthentication no$", effective, re.M)
 
 
-def test_site__a_second_run_changes_nothing(site):
+def test_site__a_second_run_leaves_every_host_whose_inputs_are_unchanged(site):
+    # Given: the site converged once, each host recording its inputs; When: it converges again, nothing changed
     again = site.converge()
+    # Then: no host runs a task, and each one is reported as left unchanged
     assert again.succeeded, again.failures
-    assert sum(site.first_run.changed.values()) > 0
-    assert {name: n for name, n in again.changed.items() if n} == {}
+    assert sorted(again.unchanged) == sorted(s.name for s in site.specs)
+    assert again.processed == [] and again.ok == {}
+
+
+def test_site__a_changed_input_converges_its_hosts_again_and_a_forced_run_changes_nothing(site):
+    router, dyno = site.of_role("router")[0], site.of_role("dyno_host")[0]
+    standby = site.of_role("postgres", postgres="standby")[0]
+    # When: a router's run gets a variable more (one that no role reads)
+    changed = site.converge(limit=router.name, extra={"bulkhead_probe": "1"})
+    # Then: that router converges, and changes nothing
+    assert changed.succeeded, changed.failures
+    assert changed.processed == [router.name] and changed.unchanged == []
+    # When: a dyno host and a database member are forced with their inputs unchanged; Then: nothing changes
+    forced = site.converge(limit=f"{dyno.name},{standby.name}", force=True)
+    assert forced.succeeded, forced.failures
+    assert forced.processed == sorted([dyno.name, standby.name])
+    assert sum(site.first_run.changed.values()) > 0, "the first run's counter counts changes"
+    assert {name: n for name, n in {**changed.changed, **forced.changed}.items() if n} == {}
 
 
 def test_configure__a_member_list_without_the_host_fails_naming_host_and_variable(site):

@@ -147,9 +147,9 @@ def start_services(directory: Path, git_dir: Path, cache: Path, mirrors: list[st
     pids = {
         "apt-cache": _spawn("apt-cache", ["squid", "-N", "-f", str(squid_conf)], directory),
         # A file longer than proxpi's default 0.9 s would be answered with a redirect to PyPI itself, which
-        # a sandbox cannot reach: wait for the download instead.
-        "proxpi": _spawn("proxpi", [sys.executable, "-m", "flask", "--app", "proxpi.server", "run", "--host",
-                                    "127.0.0.1", "--port", str(ports["proxpi"])], directory,
+        # a sandbox cannot reach: wait for the download instead. One download per file (see pip_cache).
+        "proxpi": _spawn("proxpi", [sys.executable, "-m", "bulkhead.hosts.pip_cache", "--port", str(ports["proxpi"])],
+                         directory,
                          {"PROXPI_CACHE_DIR": str(cache / "pip"), "PROXPI_DOWNLOAD_TIMEOUT": "600",
                           "PROXPI_READ_TIMEOUT": "120", "PROXPI_LOGGING_LEVEL": "WARNING"}),
         "git": _spawn("git", ["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1",
