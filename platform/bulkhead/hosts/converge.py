@@ -41,6 +41,8 @@ class Converged:
     unchanged: list[str] = field(default_factory=list)
     # Hosts the playbook had a play for (Ansible's "processed").
     processed: list[str] = field(default_factory=list)
+    # Each task's seconds, added up over the hosts it ran on ("role : task"): where a converge spends its time.
+    task_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:
@@ -192,11 +194,13 @@ def converge(
     report = _run(sandboxes, Path(inventory_path), extra, roles_dir, playbook, _limited(limit, unchanged), on_event)
     report.unchanged = unchanged
     failed = {f.split()[1] for f in report.failures if f.startswith("host ")}
+    # The secrets as the run left them: a first run makes the ones it uses (the password lookups).
+    applied = {**shared, "secrets": _secrets(extra)}
     for host in run:
         reached = host in report.processed
         if host not in failed and (reached or not report.failures):
             # A host the playbook has no play for was not touched: what it recorded before still holds.
-            _write_record(paths[host], wanted[host] if reached else recorded[host])
+            _write_record(paths[host], inputs_digest(applied, owns[host]) if reached else recorded[host])
     report.seconds = time.perf_counter() - started
     return report
 
@@ -224,6 +228,9 @@ def _run(
             message = str(result.get("msg") or result.get("stderr") or "failed").strip().splitlines()
             what = "is unreachable" if kind == "runner_on_unreachable" else f"failed at '{task}'"
             report.failures.append(f"host {host} {what}: {message[-1] if message else ''}")
+        if kind.startswith("runner_on_") and isinstance(data.get("duration"), int | float):
+            name = f"{data.get('role') or '-'} : {task}"
+            report.task_seconds[name] = report.task_seconds.get(name, 0.0) + float(data["duration"])
         if on_event and kind.startswith("runner_on_"):
             on_event(host, task, kind.removeprefix("runner_on_"))
         return True
