@@ -215,13 +215,10 @@ def _run(
     on_event: Callable[[str, str, str], None] | None,
 ) -> Converged:
     report = Converged()
-    tasks: dict[str, str] = {}
 
     def handle(event: dict) -> bool:
         data = event.get("event_data", {})
         kind = event.get("event", "")
-        if kind == "playbook_on_task_start":
-            tasks[data.get("task_uuid", "")] = data.get("task", "")
         host, task = data.get("host", ""), data.get("task", "")
         if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             result = data.get("res", {})
