@@ -14,6 +14,11 @@ named, the host's facts (the program's and the metadata's) and the SSM parameter
 later `bulkhead-converge` whose inputs have the same digest does nothing and says so; `--force` runs
 every task. ansible-pull's own `--only-if-changed` looks at the repository alone, and would miss a
 rotated password.
+
+The same user data boots a baked image (`bulkhead image bake`), which says so in `IMAGE_RECORD`: it installs
+nothing, refuses the image if it was baked from other install inputs than the commit's (one line naming the
+bake to run), and runs the playbook without its `install` tasks. `bake_user_data` is a bake's own: the install
+part alone, then the instance's traces removed.
 """
 
 from __future__ import annotations
@@ -26,13 +31,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from bulkhead import parameters
+from bulkhead.install_inputs import PLAYBOOKS
 
-PLAYBOOKS = {"router": "router.yml", "dyno_host": "dyno_host.yml", "postgres": "postgres.yml"}
 ANSIBLE_REQUIREMENTS = ("ansible>=11,<13", "boto3>=1.35,<2")
 CONVERGE = "/usr/local/sbin/bulkhead-converge"
 HOST_FACTS = "/etc/bulkhead/host.json"
 CONVERGE_RECORD = "/var/lib/bulkhead/converge/applied"
 CONVERGE_INPUTS = "/usr/local/lib/bulkhead/converge-inputs.py"
+# Where ansible-pull keeps its checkout (a baked image keeps the bake's).
+PULL_DIR = "/var/lib/bulkhead/pull"
+# A baked image says what it holds here: its tier, install digest (`bulkhead.install_inputs`) and commit.
+IMAGE_RECORD = "/etc/bulkhead/image.json"
+# The bake's end, told to the baker as a tag on the instance (RunInstances' caller can read it, as on AWS).
+BAKE_TAG = "bulkhead:bake"
 # The SSM parameters (under the database's path) each tier's roles read as they converge: a change to one of
 # them is a change to the host's inputs.
 CONVERGE_PARAMETERS = {
@@ -54,6 +65,18 @@ facts.update(bulkhead_az=meta("placement/availability-zone"), bulkhead_address=m
              bulkhead_instance_id=meta("instance-id"),
              bulkhead_tags={key: meta("tags/instance/" + key) for key in meta("tags/instance").split()})
 json.dump(facts, sys.stdout, sort_keys=True, indent=1)
+"""
+# Tags this instance `bulkhead:bake` = argv[2]; argv[1] is the region.
+_TAG_PROGRAM = r"""
+import sys, urllib.request
+import boto3
+base = "http://169.254.169.254/latest"
+token = urllib.request.urlopen(urllib.request.Request(
+    base + "/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}), timeout=10).read()
+instance = urllib.request.urlopen(urllib.request.Request(
+    base + "/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token}), timeout=10).read().decode()
+boto3.client("ec2", region_name=sys.argv[1]).create_tags(
+    Resources=[instance], Tags=[{"Key": "bulkhead:bake", "Value": sys.argv[2]}])
 """
 # Prints "COMMIT DIGEST": the commit the ref names now, and the digest of everything a converge would apply.
 # argv: the host's facts file, repository, ref, then the SSM parameters the tier reads. A parameter that is
@@ -94,9 +117,12 @@ def user_data(role: str, facts: Mapping[str, Any], ansible_repo: str, ansible_re
         "# Converge this host as its first boot did, unless its inputs are those of its last converge that",
         "# succeeded: the commit its ref names, its facts, the SSM parameters its roles read. --force runs every",
         "# task anyway; other arguments go to ansible-pull (e.g. -e name=value), and such a run is not recorded.",
+        "# --skip-install (a first boot from a baked image, whose install part the image holds) skips the",
+        "# playbook's install tasks.",
         "set -eu",
         "export PYTHONUNBUFFERED=1  # each task's line reaches the boot log as it happens",
         'if [ "${1:-}" = --force ]; then force=1; shift; else force=; fi',
+        'if [ "${1:-}" = --skip-install ]; then skip="--skip-tags install"; shift; else skip=; fi',
         # The inputs once more after the run: a first boot's primary publishes the parameters it reads.
         f"inputs() {{ /opt/bulkhead/ansible/bin/python {CONVERGE_INPUTS} {HOST_FACTS} {repo} {ref} "
         + " ".join(shlex.quote(n) for n in names)
@@ -110,8 +136,8 @@ def user_data(role: str, facts: Mapping[str, Any], ansible_repo: str, ansible_re
         "  exit 0",
         "fi",
         f"rm -f {CONVERGE_RECORD}",
-        f'/opt/bulkhead/ansible/bin/ansible-pull -U {repo} -C "$commit" -d /var/lib/bulkhead/pull -i localhost, '
-        f'-c local -e bulkhead_pull=true -e @{HOST_FACTS} "$@" roles/{PLAYBOOKS[role]}',
+        f'/opt/bulkhead/ansible/bin/ansible-pull -U {repo} -C "$commit" -d {PULL_DIR} -i localhost, '
+        f'-c local -e bulkhead_pull=true -e @{HOST_FACTS} $skip "$@" roles/{PLAYBOOKS[role]}',
         "after=$(inputs) || after=",
         # Recorded only what this run applied: no extra arguments, and the ref still at the commit it pulled.
         'if [ $# -eq 0 ] && [ -n "$after" ] && [ "${after%% *}" = "$commit" ]; then',
@@ -122,27 +148,24 @@ def user_data(role: str, facts: Mapping[str, Any], ansible_repo: str, ansible_re
         '  echo "bulkhead-converge: converged; its inputs are not recorded (arguments given, or unreadable)" >&2',
         "fi",
     ]
+    baked_boot = [
+        f"if [ -e {IMAGE_RECORD} ]; then",
+        f'  echo "baked image: $(cat {IMAGE_RECORD}); its install part is in place, so this boot installs nothing"',
+        *("  " + line for line in _ref_check(repo, ref, ansible_ref, ansible_repo)),
+        *("  " + line for line in _stale_check(role, repo, ref, facts.get("bulkhead_region", ""))),
+        "  first=--skip-install",
+        "else",
+        *("  " + line for line in _prepare(repo, ref, ansible_ref, ansible_repo)),
+        "  first=",
+        "fi",
+    ]
     return "\n".join(
         [
             "#!/bin/bash",
             f"# Bulkhead first boot: a {role} host. Log: /var/log/cloud-init-output.log.",
             "set -euo pipefail",
-            "install -d -m 0755 /etc/bulkhead",
-            f"echo {shlex.quote(host_facts)} | python3 -c {shlex.quote(_FACTS_PROGRAM)} > {HOST_FACTS}.new",
-            f"mv {HOST_FACTS}.new {HOST_FACTS}",
-            "export DEBIAN_FRONTEND=noninteractive",
-            "apt-get update -q",
-            "apt-get install -y -q --no-install-recommends python3-venv git",
-            # A branch or tag that the repository lacks fails here, before a minute of installing; a commit
-            # id cannot be asked for without fetching, so ansible-pull finds it.
-            f"if ! [[ {ref} =~ ^[0-9a-f]{{40}}$ ]] && ! git ls-remote --exit-code {repo} {ref} >/dev/null; then",
-            "  echo " + shlex.quote(f"ref {ansible_ref} is not in {ansible_repo}: check bulkhead:ansibleRef") + " >&2",
-            "  exit 3",
-            "fi",
-            "python3 -m venv /opt/bulkhead/ansible",
-            # Not compiled: Ansible's thousands of modules are byte-compiled, if ever, when used.
-            "/opt/bulkhead/ansible/bin/pip install -q --no-compile "
-            + " ".join(shlex.quote(r) for r in ANSIBLE_REQUIREMENTS),
+            *_facts(host_facts),
+            *baked_boot,
             f"install -d -m 0755 {posixpath.dirname(CONVERGE_INPUTS)}",
             f"cat > {CONVERGE_INPUTS} <<'INPUTS'",
             _INPUTS_PROGRAM.strip(),
@@ -151,10 +174,109 @@ def user_data(role: str, facts: Mapping[str, Any], ansible_repo: str, ansible_re
             *converge,
             "CONVERGE",
             f"chmod 0755 {CONVERGE}",
-            CONVERGE,
+            f"{CONVERGE} $first",
             "",
         ]
     )
+
+
+def bake_user_data(tier: str, region: str, ansible_repo: str, ansible_ref: str) -> str:
+    """The user data of a bake: install the tier's install part (the playbook's `install` tasks) and nothing of
+    the instance's own, record the image's install digest, leave nothing of this instance behind, and tag the
+    instance `bulkhead:bake` = `done <digest>` (or `failed`) for the baker, which then stops it and images it."""
+    if tier not in PLAYBOOKS:
+        raise ValueError(f"unknown host tier {tier!r}; expected one of {sorted(PLAYBOOKS)}")
+    repo, ref = shlex.quote(ansible_repo), shlex.quote(ansible_ref)
+    host_facts = json.dumps({"bulkhead_role": tier, "bulkhead_repo": ansible_repo, "bulkhead_ref": ansible_ref,
+                             "bulkhead_region": region}, sort_keys=True)  # fmt: skip
+    checker = f"{PULL_DIR}/platform/bulkhead/install_inputs.py"
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            f"# Bulkhead bake: the install part of the {tier} tier, imaged afterwards.",
+            "# Log: /var/log/cloud-init-output.log.",
+            "set -euo pipefail",
+            # The baker waits for this tag: `done <digest>` once the image is ready to be taken, else `failed`.
+            "signal() { /opt/bulkhead/ansible/bin/python -c " + shlex.quote(_TAG_PROGRAM) + f" {shlex.quote(region)}"
+            ' "$1" || echo "could not tag this instance bulkhead:bake=$1" >&2; }',
+            "trap 'code=$?; [ $code -eq 0 ] || signal failed; exit $code' EXIT",
+            *_facts(host_facts),
+            *_prepare(repo, ref, ansible_ref, ansible_repo),
+            _resolve_commit(repo, ref),
+            f'/opt/bulkhead/ansible/bin/ansible-pull -U {repo} -C "$commit" -d {PULL_DIR} -i localhost, -c local '
+            f"-e bulkhead_pull=true -e @{HOST_FACTS} --tags install roles/{PLAYBOOKS[tier]}",
+            f"digest=$(python3 {checker} {tier} {PULL_DIR})",
+            f"name=bulkhead-{tier.replace('_', '-')}-$digest",
+            f'printf \'{{"tier": "%s", "install_digest": "%s", "commit": "%s", "name": "%s"}}\\n\' {tier} "$digest" '
+            f'"$commit" "$name" > {IMAGE_RECORD}',
+            # Nothing of this instance goes into the image: each instance makes its own host keys, facts, machine
+            # id and cloud-init state at its first boot (as cloud-init and Packer's cleanup do on AWS).
+            "rm -f /etc/ssh/ssh_host_*",
+            f"rm -f {HOST_FACTS} {CONVERGE_RECORD}",
+            ": > /etc/machine-id",
+            "apt-get clean",
+            f'echo "bake of the {tier} tier done: $name (commit $commit)"',
+            'signal "done $digest"',
+            "",
+        ]
+    )
+
+
+def _facts(host_facts: str) -> list[str]:
+    return [
+        "install -d -m 0755 /etc/bulkhead",
+        f"echo {shlex.quote(host_facts)} | python3 -c {shlex.quote(_FACTS_PROGRAM)} > {HOST_FACTS}.new",
+        f"mv {HOST_FACTS}.new {HOST_FACTS}",
+        "export DEBIAN_FRONTEND=noninteractive",
+    ]
+
+
+def _ref_check(repo: str, ref: str, ansible_ref: str, ansible_repo: str) -> list[str]:
+    # A branch or tag that the repository lacks fails here, before a minute of installing; a commit id cannot
+    # be asked for without fetching, so ansible-pull finds it.
+    return [
+        f"if ! [[ {ref} =~ ^[0-9a-f]{{40}}$ ]] && ! git ls-remote --exit-code {repo} {ref} >/dev/null; then",
+        "  echo " + shlex.quote(f"ref {ansible_ref} is not in {ansible_repo}: check bulkhead:ansibleRef") + " >&2",
+        "  exit 3",
+        "fi",
+    ]
+
+
+def _resolve_commit(repo: str, ref: str) -> str:
+    """Shell: `commit` becomes the commit the ref names (a commit id names itself)."""
+    found = f"$(git ls-remote --exit-code {repo} {ref} | cut -f1)"
+    return f"commit={ref}; [[ {ref} =~ ^[0-9a-f]{{40}}$ ]] || commit={found}"
+
+
+def _prepare(repo: str, ref: str, ansible_ref: str, ansible_repo: str) -> list[str]:
+    """A bare image: git and venv from Debian, then Ansible in its venv."""
+    return [
+        "apt-get update -q",
+        "apt-get install -y -q --no-install-recommends python3-venv git",
+        *_ref_check(repo, ref, ansible_ref, ansible_repo),
+        "python3 -m venv /opt/bulkhead/ansible",
+        # Not compiled: Ansible's thousands of modules are byte-compiled, if ever, when used.
+        "/opt/bulkhead/ansible/bin/pip install -q --no-compile "
+        + " ".join(shlex.quote(r) for r in ANSIBLE_REQUIREMENTS),
+    ]
+
+
+def _stale_check(tier: str, repo: str, ref: str, region: str) -> list[str]:
+    """Refuse, in one line naming the command, an image baked from other install inputs than the commit's."""
+    bake = f"bulkhead image bake --region {region or 'REGION'} --tier {tier}"
+    return [
+        f"commit={ref}; [[ {ref} =~ ^[0-9a-f]{{40}}$ ]] || commit=$(git ls-remote --exit-code {repo} {ref} | cut -f1)",
+        f"git -C {PULL_DIR} fetch -q --tags {repo} '+refs/heads/*:refs/remotes/pulled/*'",
+        f'git -C {PULL_DIR} checkout -q --detach "$commit"',
+        f"want=$(python3 {PULL_DIR}/platform/bulkhead/install_inputs.py {tier} {PULL_DIR})",
+        "have=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[\"install_digest\"])' "
+        f"{IMAGE_RECORD})",
+        'if [ "$want" != "$have" ]; then',
+        '  echo "this image was baked from install inputs $have, and commit $commit needs $want: run'
+        f' \\`{bake}\\`, then launch the host again" >&2',
+        "  exit 4",
+        "fi",
+    ]
 
 
 def user_data_base64(role: str, facts: Mapping[str, Any], ansible_repo: str, ansible_ref: str) -> str:

@@ -19,11 +19,14 @@ def test_user_data__installs_ansible_with_its_collections_then_pulls_the_tier_pl
     )
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash" and "set -euo pipefail" in lines
-    assert "/opt/bulkhead/ansible/bin/pip install -q --no-compile 'ansible>=11,<13' 'boto3>=1.35,<2'" in lines
+    # On a bare image (no image record): Ansible into its venv
+    assert "  /opt/bulkhead/ansible/bin/pip install -q --no-compile 'ansible>=11,<13' 'boto3>=1.35,<2'" in lines
     pull = next(line for line in lines if line.startswith("/opt/bulkhead/ansible/bin/ansible-pull "))
     # The commit the ref names when the converge starts, which is the one its record names.
-    assert '-U https://git.example/b.git -C "$commit"' in pull and pull.endswith('"$@" roles/router.yml')
-    assert lines[-1] == "/usr/local/sbin/bulkhead-converge"
+    assert '-U https://git.example/b.git -C "$commit"' in pull and pull.endswith('$skip "$@" roles/router.yml')
+    # A baked image's first converge skips the install part; a bare one's runs it all
+    assert lines[-1] == "/usr/local/sbin/bulkhead-converge $first"
+    assert "  first=--skip-install" in lines and "  first=" in lines
     facts_line = next(line for line in lines if line.startswith("echo "))
     assert json.loads(facts_line.split("'")[1]) == {
         "bulkhead_role": "router",

@@ -16,7 +16,7 @@ from rich.table import Table
 from bulkhead import project
 from bulkhead.hosts import converge, fabric, image, inventory
 from bulkhead.hosts.sandbox import HostSpec, SandboxError, Sandboxes
-from bulkhead.localcloud import controller, server
+from bulkhead.localcloud import controller, images, server
 from bulkhead.localcloud.state import Store
 
 
@@ -42,7 +42,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         problem = base.problem()
         if problem:
             raise SandboxError(f"{problem}; run `bulkhead image build`")
-        specs = [dataclasses.replace(s, image=str(base.root)) for s in specs]
+        # Each from its own AMI: an image the local cloud took (a bake's) stands on the base image's root.
+        taken = images.images_dir(store.directory)
+        specs = [dataclasses.replace(s, image=images.lower_layers(taken, s.ami, str(base.root))) for s in specs]
     with Console(stderr=True).status(f"making {len(specs)} sandbox hosts"):
         if not args.from_image:
             made = sandboxes.up(

@@ -1,4 +1,4 @@
-"""The `bulkhead image` command group: the base image that sandboxes boot from."""
+"""The `bulkhead image` command group: the base image that sandboxes boot from, and the tiers' baked AMIs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from bulkhead import bake, install_inputs, project, topology
 from bulkhead.hosts import image
 
 
@@ -37,6 +38,46 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0 if problem is None else 1
 
 
+TIERS = tuple(install_inputs.PLAYBOOKS)
+
+
+def _pull_source(project_dir: Path, region: str, ref: str | None) -> tuple[str, str]:
+    """The repository and ref the region's hosts pull: the local cloud's served checkout when one runs for this
+    checkout (as `local up` deploys it), else the stack's bulkhead:ansibleRepo and bulkhead:ansibleRef."""
+    from bulkhead.localcloud import cloud, server
+    from bulkhead.localcloud.state import Store
+
+    if server.running(Store.of_project(project_dir).directory):
+        source = cloud.pull_source(project_dir, ref)
+        return source["bulkhead:ansibleRepo"], source.get("bulkhead:ansibleRef", ref or "HEAD")
+    spec = topology.region_spec(region, topology.read_stack_config(project_dir, region))
+    return spec.ansible_repo, ref or spec.ansible_ref
+
+
+def cmd_bake(args: argparse.Namespace) -> int:
+    from bulkhead.ops.secrets import region_client
+
+    project_dir = project.find(args.project)
+    spec = topology.region_spec(args.region, topology.read_stack_config(project_dir, args.region))
+    repo, ref = _pull_source(project_dir, args.region, args.ref)
+    commit = bake.commit_of(project_dir, ref)
+    ec2, iam = region_client(project_dir, "ec2", args.region), region_client(project_dir, "iam", args.region)
+    types = {"router": spec.router_instance_type, "dyno_host": spec.dyno_instance_type,
+             "postgres": spec.postgres_instance_type}  # fmt: skip
+    results = []
+    for tier in args.tier or TIERS:
+        plan = bake.Plan(args.region, tier, repo, commit, bake.digest_at(project_dir, commit, tier), spec.image_owner,
+                         spec.image_name_pattern, types[tier])  # fmt: skip
+        baked = bake.bake(ec2, iam, plan, on_step=lambda step, t=tier: print(f"bake {t}: {step}", flush=True),
+                          timeout=args.timeout)  # fmt: skip
+        results.append(baked)
+        what = "baked" if baked.fresh else "already baked (nothing to do)"
+        print(f"{tier}: {baked.name} {baked.image_id} {what} in {baked.seconds:.1f} s", flush=True)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `bulkhead image ...` to the command line."""
     group = commands.add_parser(
@@ -48,6 +89,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         "in $BULKHEAD_CACHE (default /var/cache/bulkhead) under a digest of all of that.",
     )
     verbs = group.add_subparsers(dest="verb", required=True, metavar="VERB")
+    baking = verbs.add_parser(
+        "bake",
+        help="make each tier's AMI from its install part (Packer's way): nothing if the AMI of its digest exists",
+        description="Launch an instance of the tier from the base AMI with user data that runs only the install part "
+        "of the tier's playbook (packages, venvs, the host install of bulkhead), stop it, and register it with "
+        "CreateImage as bulkhead-<tier>-<digest of the install inputs>, encrypted and tagged. A bake whose AMI "
+        "exists does nothing. The region's hosts boot the newest such AMI (bulkhead:imageSource baked).",
+    )
+    baking.add_argument("--region", required=True, help="the region to bake in (its stack's image settings)")
+    baking.add_argument("--tier", action="append", choices=TIERS, help="a tier to bake (repeatable; default: all)")
+    baking.add_argument("--ref", help="the commit or branch to bake (default: the one the region's hosts pull)")
+    baking.add_argument("--timeout", type=float, default=bake.BAKE_TIMEOUT, help="seconds a bake may take")
+    baking.add_argument("--json", action="store_true", help="also print the AMIs as JSON")
+    baking.set_defaults(handler=cmd_bake)
     for name, handler, text in (
         ("build", cmd_build, "build the image unless it is built and whole (a corrupt one is rebuilt)"),
         ("show", cmd_show, "say where the image is and whether it is usable (exit 1 if not)"),

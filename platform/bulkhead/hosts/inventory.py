@@ -57,6 +57,7 @@ def local_hosts(region: str, store: Store, project_dir: Path) -> list[HostSpec]:
                 address=instance["PrivateIpAddress"],
                 prefix_length=prefix,
                 tags={k: v for k, v in tags.items() if k.startswith("bulkhead:")},
+                ami=instance["ImageId"],
             )
         )
     return specs

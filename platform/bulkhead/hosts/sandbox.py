@@ -41,28 +41,29 @@ exec ip netns exec "$(cat "$(dirname "$root")/netns")" chroot "$@"
 # service and run it, once per instance. The result lands in boot-finished.json for `hosts wait`.
 FIRST_BOOT = r"""
 set -u
-instance=/var/lib/cloud/instance
-[ -e $instance/boot-finished.json ] && exit 0
-mkdir -p $instance
+# Per instance, as cloud-init keeps it: an image baked from another instance carries that one's state.
+state=/var/lib/cloud/instances/$INSTANCE
+[ -e $state/boot-finished.json ] && exit 0
+mkdir -p $state && ln -sfn instances/$INSTANCE /var/lib/cloud/instance
 exec >>/var/log/cloud-init-output.log 2>&1
 started=$(date +%s)
 finish() {
   printf '{"result": "%s", "exit": %s, "seconds": %s}\n' "$1" "$2" "$(( $(date +%s) - started ))" \
-    > $instance/boot-finished.json.new && mv $instance/boot-finished.json.new $instance/boot-finished.json
+    > $state/boot-finished.json.new && mv $state/boot-finished.json.new $state/boot-finished.json
   exit "$2"
 }
-echo "first boot at $(date -u +%FT%TZ): user data from the metadata service"
+echo "first boot of $INSTANCE at $(date -u +%FT%TZ): user data from the metadata service"
 imds=http://169.254.169.254/latest
 token=$(curl -sf --max-time "$TIMEOUT" -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 21600" $imds/api/token) || {
   echo "the metadata service at 169.254.169.254 did not answer within $TIMEOUT s: no user data to run"
   finish failed 1
 }
-curl -sf --max-time "$TIMEOUT" -H "X-aws-ec2-metadata-token: $token" -o $instance/user-data.txt $imds/user-data || {
+curl -sf --max-time "$TIMEOUT" -H "X-aws-ec2-metadata-token: $token" -o $state/user-data.txt $imds/user-data || {
   echo "the metadata service has no user data for this instance"
   finish failed 1
 }
-chmod 0700 $instance/user-data.txt
-$instance/user-data.txt
+chmod 0700 $state/user-data.txt
+$state/user-data.txt
 code=$?
 [ $code -eq 0 ] && finish ok 0
 echo "user data exited $code"
@@ -95,8 +96,11 @@ class HostSpec:
     address: str
     prefix_length: int
     tags: dict[str, str] = field(default_factory=dict)
-    # The base image's root, for a sandbox booted from it; empty for an overlay of this machine's root.
+    # The image's layers (overlayfs lower directories, topmost first: a baked image's over the base image's root),
+    # for a sandbox booted from an image; empty for an overlay of this machine's root.
     image: str = ""
+    # The instance's image id (its AMI), when it was booted from one.
+    ami: str = ""
 
     @property
     def token(self) -> str:
@@ -146,6 +150,10 @@ class Sandboxes:
     def root(self, spec: HostSpec) -> Path:
         return self.directory / spec.name / "root"
 
+    def upper(self, spec: HostSpec) -> Path:
+        """The sandbox's own layer: what it wrote over its image (its disk, as an image is taken from it)."""
+        return self.directory / spec.name / "layers" / "upper"
+
     @property
     def chroot_wrapper(self) -> Path:
         return self.directory / "sandbox-chroot"
@@ -159,7 +167,7 @@ class Sandboxes:
 
     def boot_result(self, spec: HostSpec) -> dict | None:
         """The first boot's result (`result`, `exit`, `seconds`), or None while it runs."""
-        path = self.root(spec) / "var/lib/cloud/instance/boot-finished.json"
+        path = self.root(spec) / "var/lib/cloud/instances" / spec.name / "boot-finished.json"
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
@@ -351,7 +359,7 @@ class Sandboxes:
     def boot(self, spec: HostSpec, metadata_timeout: float = 30) -> None:
         """Start an image sandbox's first boot in the background (`boot_result` tells when it is done)."""
         environment = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-                       "LANG": "C.UTF-8", "TIMEOUT": str(int(metadata_timeout))}  # fmt: skip
+                       "LANG": "C.UTF-8", "TIMEOUT": str(int(metadata_timeout)), "INSTANCE": spec.name}  # fmt: skip
         (self.directory / spec.name / "booted-at").write_text(str(time.time()))
         subprocess.Popen(
             ["ip", "netns", "exec", spec.netns, "chroot", str(self.root(spec)), "/bin/sh", "-c", FIRST_BOOT],
@@ -409,6 +417,11 @@ class Sandboxes:
             _run("ip", "netns", "del", fabric_netns(region, self.directory), check=False)
         shutil.rmtree(self.directory, ignore_errors=True)
         return len(specs)
+
+    def remove(self, spec: HostSpec) -> None:
+        """One sandbox gone for good (its instance terminated): processes, mounts, namespace and disk."""
+        self._remove(spec)
+        self._save([s for s in self.recorded() if s.name != spec.name])
 
     def _remove(self, spec: HostSpec) -> None:
         root = self.root(spec)

@@ -52,7 +52,7 @@ def ensure_server(store: Store, port: int | None) -> server.ServerInfo:
 
 
 def ensure_controller(store: Store, info: server.ServerInfo, files: topology.StackFiles, lag: float | None,
-                      hosts: Path) -> None:  # fmt: skip
+                      hosts: Path, project_dir: Path | None = None) -> None:  # fmt: skip
     """The controller running beside this server, with the lag asked for (kept from last time when not asked).
 
     It fronts every region a stack names, the status site's region included."""
@@ -69,7 +69,7 @@ def ensure_controller(store: Store, info: server.ServerInfo, files: topology.Sta
         config = files.config(name)
         regions |= {str(config[key]) for key in ("aws:region", "bulkhead:statusRegion") if config.get(key)}
         roles |= {str(config["bulkhead:statusRoleArn"])} if config.get("bulkhead:statusRoleArn") else set()
-    controller.start(store.directory, info.port, sorted(regions), hosts, wanted, sorted(roles))
+    controller.start(store.directory, info.port, sorted(regions), hosts, wanted, sorted(roles), project_dir)
 
 
 def up(
@@ -115,7 +115,7 @@ def up(
         # What each stack held last time: the progress bar's total (unknown on a first run).
         on_start({s: len(store.load(s).resources) for s in stacks})
     info = ensure_server(store, port)
-    ensure_controller(store, info, files, replication_lag, hosts or hosts_dir(project_dir))
+    ensure_controller(store, info, files, replication_lag, hosts or hosts_dir(project_dir), project_dir)
     aws = LocalAws(info.endpoint)
 
     def references(name: str) -> Mapping[str, Any]:

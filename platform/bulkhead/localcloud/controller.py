@@ -4,7 +4,8 @@
 - S3 replication with a set lag (`replication`);
 - Route 53 health probes and the `TestDNSAnswer` API (`health`), which moto lacks;
 - alarm evaluation into SNS (`alarms`);
-- each CloudFront distribution served at a local address from its origin bucket (`distributions`).
+- each CloudFront distribution served at a local address from its origin bucket (`distributions`);
+- the instances it runs itself (bakes): booted, stopped, imaged and ended as EC2 would (`instances`).
 
 `local up` starts it, `local down` stops it, `local status` shows it. Its pid, control port and the
 fronts' ports live in `controller.json` beside the stack state. The control API is plain HTTP on
@@ -34,11 +35,13 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from bulkhead.files import write_json
+from bulkhead.localcloud import images
 from bulkhead.localcloud.alarms import Evaluator
 from bulkhead.localcloud.aws import LocalAws, LocalCloudError
 from bulkhead.localcloud.distributions import Edge
 from bulkhead.localcloud.fronts import RegionFront
 from bulkhead.localcloud.health import Prober, failover_answer
+from bulkhead.localcloud.instances import Instances
 from bulkhead.localcloud.replication import Replicator
 
 log = logging.getLogger("bulkhead.local.controller")
@@ -91,13 +94,15 @@ def running(directory: Path) -> ControllerInfo | None:
 
 def start(directory: Path, moto_port: int, regions: list[str], hosts_dir: Path,
           replication_lag: float = DEFAULT_REPLICATION_LAG,
-          roles: list[str] | None = None) -> ControllerInfo:  # fmt: skip
+          roles: list[str] | None = None, project_dir: Path | None = None) -> ControllerInfo:  # fmt: skip
     """Start the controller detached; returns once its fronts and control API listen.
 
-    `roles` are the other accounts' roles (the status account's) whose alarms and distributions it serves too."""
+    `roles` are the other accounts' roles (the status account's) whose alarms and distributions it serves too;
+    `project_dir` is the checkout the instances it runs itself (bakes) pull, as `hosts up` serves it."""
     previous = recorded(directory)
     config = {"moto_port": moto_port, "regions": sorted(set(regions)), "hosts_dir": str(hosts_dir),
-              "replication_lag": replication_lag, "roles": sorted(set(roles or [])),
+              "replication_lag": replication_lag, "roles": sorted(set(roles or [])), "directory": str(directory),
+              "project_dir": str(project_dir) if project_dir else None,
               # A restarted controller keeps each region's port: the sandboxes' relays point at them.
               "fronts": previous.fronts if previous else {}}  # fmt: skip
     write_json(directory / "controller-config.json", config)
@@ -177,6 +182,10 @@ class Controller:
         roles = [None, *config.get("roles", [])]
         self.alarms = Evaluator(self.moto.client, list(self.fronts), roles, self.reachable)
         self.edge = Edge(self.moto.client, roles, self.reachable)
+        directory = Path(config.get("directory") or Path(config["hosts_dir"]).parent)
+        self.instances = Instances(self.moto.client, list(self.fronts), Path(config["hosts_dir"]),
+                                   Path(config["project_dir"]) if config.get("project_dir") else None,
+                                   images.images_dir(directory), self.moto_port, self.reachable)  # fmt: skip
 
     def reachable(self, region: str) -> bool:
         front = self.fronts.get(region)
@@ -319,6 +328,7 @@ def serve(config: dict) -> None:
     # Each alarm keeps its own period; this pass only finds the ones that are due.
     controller.loop("alarms", controller.alarms.tick, 2.0)
     controller.loop("edge", controller.edge.tick, 1.0)
+    controller.loop("instances", controller.instances.tick, 2.0)
     print(json.dumps({"port": api.server_address[1], "fronts": {r: f.port for r, f in controller.fronts.items()}}),
           flush=True)  # fmt: skip
     signal.sigwait({signal.SIGTERM, signal.SIGINT})

@@ -9,14 +9,22 @@ As EC2 does, and moto 5 does not:
 - the root volume sits at the image's root device name, and a template's mapping of that device is
   the root volume (moto adds a second, default one at /dev/sda1);
 - with EBS encryption by default on in a region, every new volume there is encrypted; and a
-  template's `Encrypted: false` is false (moto reads the string "false" as true).
+  template's `Encrypted: false` is false (moto reads the string "false" as true);
+- an image made by CreateImage is `pending` until its disk is taken, and names the instance it came from
+  (`SourceInstanceId`). The local cloud's controller takes it from the instance's sandbox
+  (`bulkhead.localcloud.images`) and leaves a mark in `$BULKHEAD_IMAGES_DIR/<image>/`: `available`, or `failed`.
 Only launch and upload completion are touched; every API answer is moto's own. `bulkhead check --live` reads what this
 produces, so that what is checked is what EC2 would have launched.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
+
+# Where the controller keeps the images CreateImage made (the moto server's directory's `images`).
+IMAGES_DIR_VARIABLE = "BULKHEAD_IMAGES_DIR"
 
 
 def _truthy(value: Any) -> bool:
@@ -26,7 +34,35 @@ def _truthy(value: Any) -> bool:
 def apply() -> None:
     """Patch moto's models in this process (the moto server's)."""
     _apply_ec2()
+    _apply_images()
     _apply_s3()
+
+
+def _apply_images() -> None:
+    from moto.ec2.models import amis
+
+    directory = Path(os.environ.get(IMAGES_DIR_VARIABLE) or "/nonexistent")
+    create = amis.AmiBackend.create_image
+
+    def create_image(self, instance_id: str, *args: Any, **kwargs: Any):
+        image = create(self, instance_id, *args, **kwargs)
+        image.source_instance_id = instance_id
+        image.taken_from_sandbox = True
+        return image
+
+    def state(self) -> str:
+        if not getattr(self, "taken_from_sandbox", False):
+            return self.__dict__.get("_state", "available")
+        for mark in ("available", "failed"):
+            if (directory / self.id / mark).exists():
+                return mark
+        return "pending"
+
+    def set_state(self, value: str) -> None:
+        self.__dict__["_state"] = value
+
+    amis.AmiBackend.create_image = create_image
+    amis.Ami.state = property(state, set_state)
 
 
 def _apply_s3() -> None:

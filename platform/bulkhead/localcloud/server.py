@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bulkhead.files import write_json
+from bulkhead.localcloud import moto_gaps
 from bulkhead.localcloud.aws import LocalCloudError
 
 AMIS = Path(__file__).with_name("debian_amis.json")
@@ -105,7 +106,9 @@ def start(directory: Path, port: int | None = None, environment: dict[str, str] 
     directory.mkdir(parents=True, exist_ok=True)
     log = (directory / "moto.log").open("ab")
     # Moto's image catalogue gets the Debian 12 images the program looks up, as AWS publishes them.
-    environment = {**os.environ, "MOTO_AMIS_PATH": str(AMIS), **(environment or {})}
+    # The images CreateImage makes are taken by the controller into `images` beside it (see `moto_gaps`).
+    environment = {**os.environ, "MOTO_AMIS_PATH": str(AMIS), moto_gaps.IMAGES_DIR_VARIABLE: str(directory / "images"),
+                   **(environment or {})}  # fmt: skip
     process = subprocess.Popen(
         # moto's server, with EC2's launch behaviour that moto lacks (see `moto_gaps`).
         [sys.executable, "-c", MOTO_MAIN, "-H", "127.0.0.1", "-p", str(chosen)],
