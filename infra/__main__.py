@@ -11,7 +11,7 @@ from pathlib import Path
 import pulumi
 import pulumi_aws as aws
 
-from bulkhead import status_page, topology
+from bulkhead import bake, install_inputs, status_page, topology
 from components.alerting import Alerting, AlertingArgs
 from components.baseline import AccountBaseline, AccountBaselineArgs
 from components.control_rods import ControlRods, ControlRodsArgs
@@ -34,18 +34,47 @@ def read_config(keys: tuple[str, ...]) -> dict[str, str | None]:
     return raw
 
 
+def tier_images(spec: topology.RegionSpec) -> dict[str, pulumi.Input[str]]:
+    """Each tier's AMI. `base`: the newest Debian image, one for every tier. `baked`: the tier's image of the
+    install inputs at the deployed commit (`bulkhead image bake`); none is a stale or missing bake, refused here
+    in one line, before anything is declared, rather than booted."""
+    if spec.image_source == "base":
+        image = aws.ec2.get_ami_output(
+            most_recent=True,
+            owners=[spec.image_owner],
+            filters=[
+                aws.ec2.GetAmiFilterArgs(name="name", values=[spec.image_name_pattern]),
+                aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
+            ],
+        )
+        return {tier: image.id for tier in install_inputs.PLAYBOOKS}
+    try:
+        commit = bake.commit_of(PROJECT_DIR, spec.ansible_ref)
+    except bake.BakeError as error:
+        raise topology.ConfigError(f"stack {spec.stack}: bulkhead:imageSource baked: {error}") from None
+    found = {}
+    for tier in install_inputs.PLAYBOOKS:
+        name = install_inputs.image_name(tier, bake.digest_at(PROJECT_DIR, commit, tier))
+        # GetAmiIds, not GetAmi: no match is an empty list (newest first), where GetAmi fails without a word.
+        ids = aws.ec2.get_ami_ids(
+            owners=["self"], filters=[aws.ec2.GetAmiIdsFilterArgs(name="name", values=[name])]
+        ).ids
+        if not ids:
+            raise topology.ConfigError(
+                f"stack {spec.stack}: no AMI {name} for the {tier} tier at commit {commit[:12]} (bulkhead:imageSource "
+                f"baked): run `bulkhead image bake --region {spec.region} --tier {tier}`, or set bulkhead:imageSource "
+                "base"
+            )
+        found[tier] = ids[0]
+    return found
+
+
 def region_stack(spec: topology.RegionSpec, heartbeat: dict[str, str] | None) -> None:
+    # First: a missing or stale baked image stops the program before anything is declared.
+    images = tier_images(spec)
     tags = {"bulkhead:stack": spec.stack, "bulkhead:region": spec.region, "bulkhead:owner": spec.owner}
     account_id = aws.get_caller_identity_output().account_id
     AccountBaseline(spec.name, AccountBaselineArgs(region=spec.region))
-    image = aws.ec2.get_ami_output(
-        most_recent=True,
-        owners=[spec.image_owner],
-        filters=[
-            aws.ec2.GetAmiFilterArgs(name="name", values=[spec.image_name_pattern]),
-            aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
-        ],
-    )
     network = RegionNetwork(
         spec.name,
         RegionNetworkArgs(
@@ -65,7 +94,7 @@ def region_stack(spec: topology.RegionSpec, heartbeat: dict[str, str] | None) ->
             vpc_cidr=spec.vpc_cidr,
             public_subnet_ids=network.public_subnet_ids,
             private_subnet_ids=network.private_subnet_ids,
-            image_id=image.id,
+            image_id=images["router"],
             instance_type=spec.router_instance_type,
             routers_per_az=spec.routers_per_az,
             warm_pool=spec.router_warm_pool,
@@ -85,7 +114,7 @@ def region_stack(spec: topology.RegionSpec, heartbeat: dict[str, str] | None) ->
                 vpc_id=network.vpc_id,
                 private_subnet_ids=network.private_subnet_ids,
                 router_security_group_id=mesh.router_security_group_id,
-                image_id=image.id,
+                image_id=images["dyno_host"],
                 instance_type=spec.dyno_instance_type,
                 hosts_per_az=spec.dyno_hosts_per_cell_az,
                 database_members=list(spec.database_members().values()),
@@ -113,7 +142,7 @@ def region_stack(spec: topology.RegionSpec, heartbeat: dict[str, str] | None) ->
                 mesh.router_security_group_id,
                 *(cell.security_group_id for cell in cells),
             ],
-            image_id=image.id,
+            image_id=images["postgres"],
             instance_type=spec.postgres_instance_type,
             retention_days=spec.archive_retention_days,
             base_backup_interval_seconds=spec.base_backup_interval_seconds,

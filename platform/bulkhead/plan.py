@@ -61,6 +61,8 @@ class PlanMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": "ami-0plan0000000000", "architecture": "x86_64", "name": "debian-12-amd64-plan"}
+        if args.token == "aws:ec2/getAmiIds:getAmiIds":
+            return {"id": "plan", "ids": ["ami-0planbaked00000"]}
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"id": ACCOUNT, "accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/plan", "userId": "PLAN"}
         raise NotImplementedError(f"the plan mocks do not answer {args.token}; add it to PlanMocks.call")

@@ -48,7 +48,7 @@ REGION_KEYS = (
     "bulkhead:routersPerAz", "bulkhead:routerWarmPool", "bulkhead:dynoHostsPerCellAz",
     "bulkhead:maxConnectionsPerBackend", "bulkhead:routerInstanceType", "bulkhead:dynoInstanceType",
     "bulkhead:postgresInstanceType", "bulkhead:imageOwner", "bulkhead:imageNamePattern", "bulkhead:ansibleRepo",
-    "bulkhead:ansibleRef",
+    "bulkhead:ansibleRef", "bulkhead:imageSource",
     "bulkhead:alertEmail", "bulkhead:alertWebhook", "bulkhead:archiveRetentionDays",
     "bulkhead:baseBackupIntervalSeconds",
     "bulkhead:synchronousCommit", "bulkhead:maximumLagOnFailover", "bulkhead:owner",
@@ -127,6 +127,9 @@ class RegionSpec:
     base_backup_interval_seconds: int
     # Patroni's synchronous_mode (non-strict): an acknowledged commit is on two members.
     synchronous_commit: bool = True
+    # Where each tier's AMI comes from: `baked` (`bulkhead image bake`'s, of the install inputs at the deployed
+    # commit) or `base` (the Debian image, everything installed at first boot).
+    image_source: str = "base"
     # Patroni's maximum_lag_on_failover, in bytes: a replica further behind is never promoted.
     maximum_lag_on_failover: int = 1048576
     owner: str = DEFAULT_OWNER
@@ -287,6 +290,7 @@ def region_spec(stack: str, raw: Mapping[str, Any], peer_cidrs: Mapping[str, str
         image_name_pattern=str(raw.get("bulkhead:imageNamePattern") or "debian-12-amd64-*"),
         ansible_repo=str(raw.get("bulkhead:ansibleRepo") or "https://github.com/bulkhead-platform/bulkhead.git"),
         ansible_ref=str(raw.get("bulkhead:ansibleRef") or "main"),
+        image_source=_image_source(stack, raw.get("bulkhead:imageSource")),
         alert_email=(str(raw["bulkhead:alertEmail"]) if raw.get("bulkhead:alertEmail") else None),
         alert_webhook=_webhook(stack, raw.get("bulkhead:alertWebhook")),
         archive_retention_days=_int(
@@ -304,6 +308,16 @@ def region_spec(stack: str, raw: Mapping[str, Any], peer_cidrs: Mapping[str, str
         ),
         owner=str(raw.get("bulkhead:owner") or DEFAULT_OWNER),
     )
+
+
+IMAGE_SOURCES = ("baked", "base")
+
+
+def _image_source(stack: str, value: Any) -> str:
+    chosen = str(value or "base")
+    if chosen not in IMAGE_SOURCES:
+        raise _fail(stack, "bulkhead:imageSource", f"is {chosen!r}", "use baked (`bulkhead image bake`'s AMIs) or base")
+    return chosen
 
 
 def _webhook(stack: str, value: Any) -> str | None:

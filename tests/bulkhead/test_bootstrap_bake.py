@@ -92,7 +92,8 @@ def test_install_inputs__runs_as_a_script_of_the_checkout_with_the_standard_libr
 def _stale_check(tmp_path: Path, repo: Path, ref: str) -> subprocess.CompletedProcess:
     """The first boot's check of a baked image, run against `repo` with the image's checkout in tmp_path."""
     script = bootstrap.user_data("router", {"bulkhead_region": "eu-west-1"}, str(repo), ref)
-    baked = re.search(rf"^if \[ -e {bootstrap.IMAGE_RECORD} \]; then\n(.*?)\n  first=--skip-install$", script, re.S | re.M)
+    start = rf"^if \[ -e {bootstrap.IMAGE_RECORD} \]; then\n"
+    baked = re.search(start + r"(.*?)\n  first=--skip-install$", script, re.S | re.M)
     check = baked.group(1).replace(bootstrap.PULL_DIR, str(tmp_path / "pull"))
     check = check.replace(bootstrap.IMAGE_RECORD, str(tmp_path / "image.json"))
     return subprocess.run(["bash", "-euo", "pipefail", "-c", check], capture_output=True, text=True, check=False)

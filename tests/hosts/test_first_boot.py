@@ -232,6 +232,79 @@ def test_first_boot__the_host_cli_has_no_controller_dependencies(booted):
     assert not names & {"pulumi", "pulumi-aws", "moto"}
 
 
+# --- a baked image of the router tier, in the same local cloud ---
+
+
+@pytest.fixture(scope="module")
+def baked(booted):
+    """The router tier baked (`bulkhead image bake`), then a router launched from its AMI and booted."""
+    started = time.monotonic()
+    made = booted.bulkhead("image", "bake", "--region", REGION, "--tier", "router", "--json", timeout=BOOT_TIMEOUT)
+    booted.bake_seconds = time.monotonic() - started
+    (result,) = json.loads(made.stdout[made.stdout.index("[") :])
+    info = server.running(booted.store.directory)
+    ec2 = boto3.client("ec2", endpoint_url=info.endpoint, region_name=REGION, **LOCAL_CREDENTIALS)
+    (image_,) = ec2.describe_images(ImageIds=[result["image_id"]])["Images"]
+    # A router like the program's, from the tier's launch template with the baked image instead of the base one
+    router = booted.pick("router")
+    (template,) = [t for t in ec2.describe_launch_templates()["LaunchTemplates"]
+                   if t["LaunchTemplateName"].startswith(f"bulkhead-{REGION}-router-")]  # fmt: skip
+    launched = ec2.run_instances(LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"]},
+                                 ImageId=image_["ImageId"], SubnetId=router["SubnetId"], MinCount=1,
+                                 MaxCount=1)["Instances"][0]  # fmt: skip
+    booted.bulkhead("hosts", "up", "--from-image", "--region", REGION, "--only", launched["InstanceId"])
+    started = time.monotonic()
+    waited = booted.bulkhead("hosts", "wait", "--json", "--timeout", "600", check=False, timeout=660)
+    return {"result": result, "image": image_, "instance": launched["InstanceId"], "waited": waited, "ec2": ec2,
+            "boot_seconds": time.monotonic() - started, "again": booted.bulkhead(
+                "image", "bake", "--region", REGION, "--tier", "router", "--json", timeout=300)}  # fmt: skip
+
+
+def test_bake__the_router_tiers_image_is_named_for_its_install_inputs_encrypted_and_tagged(booted, baked):
+    image_ = baked["image"]
+    tags = {t["Key"]: t["Value"] for t in image_.get("Tags", [])}
+    digest = tags["bulkhead:installDigest"]
+    assert image_["Name"] == f"bulkhead-router-{digest}" and image_["State"] == "available"
+    assert tags["bulkhead:tier"] == "router"
+    commit = subprocess.run(["git", "-C", str(booted.project_dir), "rev-parse", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()  # fmt: skip
+    assert tags["bulkhead:commit"] == commit
+    assert all(m["Ebs"]["Encrypted"] for m in image_["BlockDeviceMappings"] if "Ebs" in m)
+    # The bake left nothing of its own behind: its instance is terminated and its sandbox gone
+    (reservation,) = baked["ec2"].describe_instances(InstanceIds=[baked["result"]["instance_id"]])["Reservations"]
+    assert reservation["Instances"][0]["State"]["Name"] == "terminated"
+    assert baked["result"]["instance_id"] not in {s.name for s in booted.sandboxes.recorded()}
+
+
+def test_bake__a_second_bake_of_the_same_inputs_does_nothing(baked):
+    (again,) = json.loads(baked["again"].stdout[baked["again"].stdout.index("[") :])
+    assert again["image_id"] == baked["result"]["image_id"] and again["fresh"] is False
+    assert "already baked (nothing to do)" in baked["again"].stdout
+
+
+def test_bake__a_router_booted_from_it_installs_nothing_and_serves(booted, baked):
+    assert baked["waited"].returncode == 0, baked["waited"].stderr[-3000:]
+    spec = booted.spec(baked["instance"])
+    log = booted.sandboxes.boot_log(spec).read_text()
+    # Its own boot's part of the log: the image carries the bake's
+    own = log[log.rindex(f"first boot of {spec.name} at ") :]
+    assert "baked image: " in own and "its install part is in place" in own
+    for download in ("apt-get", "Get:", "Collecting ", "Downloading ", "pip install"):
+        assert download not in own, f"the boot from the baked image ran {download!r}"
+    assert "bulkhead-converge: converged commit " in own
+    # It is its own host: fresh host keys, its own facts
+    keys = booted.run(spec.name, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
+    bake_layer = Path(booted.store.directory) / "images" / baked["image"]["ImageId"] / "layer"
+    assert not list((bake_layer / "etc/ssh").glob("ssh_host_*")), "the image carries the bake's host keys"
+    assert keys.returncode == 0 and keys.stdout.startswith("ssh-ed25519 ")
+    facts = json.loads(booted.run(spec.name, "cat", "/etc/bulkhead/host.json").stdout)
+    assert facts["bulkhead_instance_id"] == spec.name
+    # And it serves: HAProxy answers on 443
+    answer = booted.run(spec.name, "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                        f"https://{spec.address}/")  # fmt: skip
+    assert answer.returncode == 0 and answer.stdout.strip().isdigit(), answer.stderr
+
+
 # --- bad input, in a local cloud of its own ---
 
 

@@ -199,7 +199,10 @@ def test_ebs_loss__the_leader_fails_over_and_is_rebuilt_from_the_archive(site, h
     # Then: another member leads within Patroni's TTL, nothing acknowledged is lost
     assert report.failed_over and report.new_leader != old.host
     assert report.rows_lost == 0
-    assert report.rto_s is not None and report.rto_s < TTL
+    assert report.rto_s is not None and report.rto_s < TTL, {
+        "steps": report.steps,
+        "failover": report.detail["failover"],
+    }
     # and the lost member was built from the archive (Patroni's log: "replica has been created using archive")
     assert report.detail["rebuilt_with"] == "archive"
     assert report.rejoined_s is not None

@@ -110,6 +110,15 @@ def _evaluate_with(project_dir, stack: str, **changes: Any) -> tuple[ConfigError
             "eu-west-1", {"bulkhead__alertWebhook": "http://pager.example.com/hook"},
             "bulkhead:alertWebhook is 'http://pager.example.com/hook', not an https:// URL", id="webhook-not-https",
         ),
+        pytest.param(
+            "eu-west-1", {"bulkhead__imageSource": "golden"},
+            "bulkhead:imageSource is 'golden'; use baked (`bulkhead image bake`'s AMIs) or base",
+            id="unknown-image-source",
+        ),
+        pytest.param(
+            "eu-west-1", {"bulkhead__imageSource": "baked", "bulkhead__ansibleRef": "no-such-ref"},
+            "bulkhead:imageSource baked: ref no-such-ref is not in the checkout", id="baked-ref-not-in-checkout",
+        ),
     ],
 )  # fmt: skip
 def test_config__bad_value_fails_in_one_line_before_any_resource(project_dir, stack, changes, expected):
@@ -129,3 +138,36 @@ def test_config__a_good_stack_declares_resources(project_dir):
     config = topology.read_stack_config(project_dir, "eu-west-1")
     evaluate_stack("eu-west-1", mocks, _no_references, project_dir, config=config)
     assert len(mocks.declared) > 50
+
+
+class NoBakedImages(CountingMocks):
+    """An account where no bake has run: a lookup of this account's own images finds nothing, as on AWS."""
+
+    def call(self, args):
+        if args.token == "aws:ec2/getAmiIds:getAmiIds":
+            self.declared.append(args.token)
+            return {"id": "none", "ids": []}
+        return super().call(args)
+
+
+def test_config__baked_images_that_were_never_baked_stop_the_program_naming_the_bake(project_dir):
+    config = {**topology.read_stack_config(project_dir, "eu-west-1"), "bulkhead:imageSource": "baked",
+              "bulkhead:ansibleRef": "HEAD"}  # fmt: skip
+    mocks = NoBakedImages()
+    with pytest.raises(ConfigError) as failure:
+        evaluate_stack("eu-west-1", mocks, _no_references, project_dir, config=config)
+    message = str(failure.value)
+    assert message.startswith("stack eu-west-1: no AMI bulkhead-router-"), message
+    assert "run `bulkhead image bake --region eu-west-1 --tier router`, or set bulkhead:imageSource base" in message
+    assert "\n" not in message
+    # Only the one lookup: nothing was declared before it
+    assert mocks.declared == ["aws:ec2/getAmiIds:getAmiIds"]
+
+
+def test_config__baked_images_that_exist_are_each_tiers_own(project_dir):
+    """With every tier baked (the plan's lookups find an image), each tier's launch data names a baked image."""
+    config = {**topology.read_stack_config(project_dir, "eu-west-1"), "bulkhead:imageSource": "baked",
+              "bulkhead:ansibleRef": "HEAD"}  # fmt: skip
+    mocks = CountingMocks()
+    evaluate_stack("eu-west-1", mocks, _no_references, project_dir, config=config)
+    assert mocks.declared[:3] == ["aws:ec2/getAmiIds:getAmiIds"] * 3

@@ -4,7 +4,10 @@ archive (barman-cloud-restore), not from the new leader: its Patroni log says wh
 
 from __future__ import annotations
 
+import datetime
+import json
 import time
+from pathlib import Path
 
 import yaml
 
@@ -28,6 +31,38 @@ PATRONI_CONFIG = "/etc/bulkhead/patroni.yml"
 BUILT_WITH = "replica has been created using "
 
 
+# What each member's Patroni says on the way from the loss to a new leader (its log's own words).
+FAILOVER_EVENTS = ("released leader key voluntarily", "acquired session lock as a leader", "promoted self to leader",
+                   "Got response from", "Could not take out TTL lock", "following a different leader",
+                   "no action. I am (", "starting as a secondary")  # fmt: skip
+
+
+def failover_timeline(logs: dict[str, Path], offsets: dict[str, int], fault_at: float, limit: float = 60) -> list:
+    """The failover's events in every member's Patroni log: seconds after the fault, member, message (the first
+    of each kind per member, within `limit` s), so a slow failover can be told from a slow writer."""
+    events = []
+    for member, path in logs.items():
+        seen = set()
+        try:
+            with path.open(errors="replace") as stream:
+                stream.seek(offsets.get(member, 0))
+                for line in stream:
+                    try:
+                        record = json.loads(line)
+                        at = datetime.datetime.strptime(record["asctime"], "%Y-%m-%d %H:%M:%S,%f").replace(
+                            tzinfo=datetime.UTC).timestamp()  # fmt: skip
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    message = str(record.get("message", ""))
+                    kind = next((e for e in FAILOVER_EVENTS if e in message), None)
+                    if kind and kind not in seen and 0 <= at - fault_at <= limit:
+                        seen.add(kind)
+                        events.append({"s": round(at - fault_at, 2), "member": member, "event": message[:160]})
+        except OSError:
+            continue
+    return sorted(events, key=lambda e: e["s"])
+
+
 def run(reach: Reach, scratch, on_step=None, project_dir=None) -> Report:
     ready = stage(reach, spared_az=None)
     host = next(h for h in reach.database_hosts if h.name == ready.leader.host)
@@ -39,6 +74,9 @@ def run(reach: Reach, scratch, on_step=None, project_dir=None) -> Report:
     step = stepper(report, on_step)
     patroni_log = reach.sandboxes.root(host) / log_dir.lstrip("/") / "patroni.log"
     log_offset = patroni_log.stat().st_size if patroni_log.exists() else 0
+    # Every member's Patroni log from here on: the failover's own timeline goes into the report.
+    member_logs = {h.name: reach.sandboxes.root(h) / log_dir.lstrip("/") / "patroni.log" for h in reach.database_hosts}
+    offsets = {name: path.stat().st_size if path.exists() else 0 for name, path in member_logs.items()}
     writes = workload.writer(reach.sandboxes, ready.writer_host, ready.url, run_id)
     probes = workload.prober(reach.sandboxes, reach.region, ready.routers, scratch, run_id)
     try:
@@ -65,5 +103,6 @@ def run(reach: Reach, scratch, on_step=None, project_dir=None) -> Report:
         lines.seek(log_offset)
         built = [line for line in lines if BUILT_WITH in line]
     report.detail = {"wiped": data_dir, "writer": ready.writer_host.name, "run": run_id,
-                     "rebuilt_with": built[-1].split(BUILT_WITH)[1].split('"')[0] if built else None}  # fmt: skip
+                     "rebuilt_with": built[-1].split(BUILT_WITH)[1].split('"')[0] if built else None,
+                     "failover": failover_timeline(member_logs, offsets, fault_at)}  # fmt: skip
     return report

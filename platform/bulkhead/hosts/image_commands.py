@@ -50,7 +50,7 @@ def _pull_source(project_dir: Path, region: str, ref: str | None) -> tuple[str, 
     if server.running(Store.of_project(project_dir).directory):
         source = cloud.pull_source(project_dir, ref)
         return source["bulkhead:ansibleRepo"], source.get("bulkhead:ansibleRef", ref or "HEAD")
-    spec = topology.region_spec(region, topology.read_stack_config(project_dir, region))
+    spec = topology.StackFiles(project_dir).spec(region)
     return spec.ansible_repo, ref or spec.ansible_ref
 
 
@@ -58,7 +58,7 @@ def cmd_bake(args: argparse.Namespace) -> int:
     from bulkhead.ops.secrets import region_client
 
     project_dir = project.find(args.project)
-    spec = topology.region_spec(args.region, topology.read_stack_config(project_dir, args.region))
+    spec = topology.StackFiles(project_dir).spec(args.region)
     repo, ref = _pull_source(project_dir, args.region, args.ref)
     commit = bake.commit_of(project_dir, ref)
     ec2, iam = region_client(project_dir, "ec2", args.region), region_client(project_dir, "iam", args.region)

@@ -118,13 +118,17 @@ class MotoMocks(pulumi.runtime.Mocks):
                 identity = self.aws.client("sts", region, role).get_caller_identity()
             return {"id": identity["Account"], "accountId": identity["Account"], "arn": identity["Arn"],
                     "userId": identity["UserId"]}  # fmt: skip
-        if args.token != "aws:ec2/getAmi:getAmi":
+        if args.token not in ("aws:ec2/getAmi:getAmi", "aws:ec2/getAmiIds:getAmiIds"):
             raise LocalCloudError(f"the local cloud does not answer the call {args.token}; add it to MotoMocks.call")
         region, role = self._target_of(args.provider)
         request = {"Owners": list(args.args.get("owners") or [])}
         request["Filters"] = [{"Name": f["name"], "Values": list(f["values"])} for f in args.args.get("filters") or []]
         with self._lock:
             images = self.aws.client("ec2", region, role).describe_images(**request)["Images"]
+        if args.token == "aws:ec2/getAmiIds:getAmiIds":
+            # As EC2's provider answers it: newest first, and no match is no error.
+            newest = sorted(images, key=lambda i: i.get("CreationDate", ""), reverse=True)
+            return {"id": region, "ids": [i["ImageId"] for i in newest if i.get("State", "available") == "available"]}
         if not images:
             raise LocalCloudError(f"no image in {region} matches owners {request['Owners']} and {request['Filters']}")
         image = max(images, key=lambda i: i.get("CreationDate", ""))

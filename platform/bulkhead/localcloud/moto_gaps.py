@@ -10,8 +10,8 @@ As EC2 does, and moto 5 does not:
   the root volume (moto adds a second, default one at /dev/sda1);
 - with EBS encryption by default on in a region, every new volume there is encrypted; and a
   template's `Encrypted: false` is false (moto reads the string "false" as true);
-- an image made by CreateImage is `pending` until its disk is taken, and names the instance it came from
-  (`SourceInstanceId`). The local cloud's controller takes it from the instance's sandbox
+- an image made by CreateImage is `pending` until its disk is taken (moto names the instance it came from,
+  `SourceInstanceId`, as EC2 does). The local cloud's controller takes it from the instance's sandbox
   (`bulkhead.localcloud.images`) and leaves a mark in `$BULKHEAD_IMAGES_DIR/<image>/`: `available`, or `failed`.
 Only launch and upload completion are touched; every API answer is moto's own. `bulkhead check --live` reads what this
 produces, so that what is checked is what EC2 would have launched.
@@ -45,8 +45,7 @@ def _apply_images() -> None:
     create = amis.AmiBackend.create_image
 
     def create_image(self, instance_id: str, *args: Any, **kwargs: Any):
-        image = create(self, instance_id, *args, **kwargs)
-        image.source_instance_id = instance_id
+        image = create(self, instance_id, *args, **kwargs)  # moto names its SourceInstanceId already
         image.taken_from_sandbox = True
         return image
 
