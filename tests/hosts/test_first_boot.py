@@ -50,6 +50,11 @@ class Region:
             pytest.fail(f"bulkhead {' '.join(args)} exited {result.returncode}: {result.stderr[-3000:]}")
         return result
 
+    def start(self, *args: str) -> subprocess.Popen:
+        """A bulkhead command left running (its output read when it is awaited)."""
+        return subprocess.Popen([sys.executable, "-m", "bulkhead.cli", "--project", str(self.project_dir), *args],
+                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
     def instances(self) -> list[dict]:
         """Running instances with a role, from the local cloud's EC2 API."""
         info = server.running(self.store.directory)
@@ -80,6 +85,9 @@ class Region:
         return {o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
 
     def down(self) -> None:
+        if getattr(self, "bake", None) is not None and self.bake.poll() is None:
+            self.bake.kill()
+            self.bake.wait()
         self.bulkhead("hosts", "down", check=False, timeout=120)
         self.bulkhead("local", "down", check=False, timeout=120)
 
@@ -107,6 +115,8 @@ def booted(project_dir, base_image, tmp_path_factory):
             "standby2": region.pick("postgres", zones[2], postgres="standby")["InstanceId"],
         }
         region.bulkhead("hosts", "up", "--from-image", "--region", REGION, "--only", ",".join(chosen.values()))
+        # The router tier's bake (the tests of `baked`) installs beside the five first boots, as it would on AWS.
+        region.bake = region.start("image", "bake", "--region", REGION, "--tier", "router", "--json")
         started = time.monotonic()
         # The process gets a minute more than its own timeout: boots slower than BOOT_TIMEOUT then fail the boot
         # test with `hosts wait`'s own account of each host, instead of erroring every test of the module.
@@ -299,10 +309,10 @@ def test_bake__a_router_booted_from_it_installs_nothing_and_serves(booted, baked
     assert keys.returncode == 0 and keys.stdout.startswith("ssh-ed25519 ")
     facts = json.loads(booted.run(spec.name, "cat", "/etc/bulkhead/host.json").stdout)
     assert facts["bulkhead_instance_id"] == spec.name
-    # And it serves: HAProxy answers on 443
+    # And it serves: HAProxy answers on 443 (with the dyno host's app, or 503 while it has no route to one)
     answer = booted.run(spec.name, "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
                         f"https://{spec.address}/")  # fmt: skip
-    assert answer.returncode == 0 and answer.stdout.strip().isdigit(), answer.stderr
+    assert answer.stdout.strip() in ("200", "503"), (answer.stdout, answer.stderr)
 
 
 # --- bad input, in a local cloud of its own ---
