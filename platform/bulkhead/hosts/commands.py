@@ -15,7 +15,7 @@ from rich.table import Table
 
 from bulkhead import project
 from bulkhead.hosts import converge, fabric, image, inventory
-from bulkhead.hosts.sandbox import HostSpec, SandboxError, Sandboxes
+from bulkhead.hosts.sandbox import BAKE_ROLE, HostSpec, SandboxError, Sandboxes
 from bulkhead.localcloud import controller, images, server
 from bulkhead.localcloud.state import Store
 
@@ -58,7 +58,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             fabric.ensure_daemon(sandboxes, services, info.port)
             for spec in made:
                 sandboxes.boot(spec, args.metadata_timeout)
-    inventory.write_inventory(sandboxes.recorded(), sandboxes, store)
+    inventory.write_inventory([s for s in sandboxes.recorded() if s.role != BAKE_ROLE], sandboxes, store)
     print(f"{len(made)} sandbox hosts made, {len(specs) - len(made)} already there")
     if args.from_image and made:
         print("first boots started: follow them with `bulkhead hosts wait`")
@@ -76,7 +76,7 @@ def _sample(specs: list[HostSpec]) -> list[HostSpec]:
 def cmd_wait(args: argparse.Namespace) -> int:
     """Wait for every first boot from the image, then show each host's boot time and result."""
     sandboxes = Sandboxes.of_project(project.find(args.project))
-    specs = [s for s in sandboxes.recorded() if s.image]
+    specs = [s for s in sandboxes.recorded() if s.image and s.role != BAKE_ROLE]
     if not specs:
         raise SandboxError("no sandbox was booted from the image; run `bulkhead hosts up --from-image`")
     deadline = time.monotonic() + args.timeout

@@ -15,6 +15,7 @@ Nothing here touches the machine's own network.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -74,6 +75,9 @@ LINK_LOCAL = "169.254.0.0/16"
 # network namespace, so any port will do; S3 keeps the local cloud's own port.
 AWS_API_PORT = 4510
 FABRIC_ADDRESSES = ("169.254.169.254/16", "169.254.169.1/16")
+# The role of a sandbox the local cloud runs by itself (a bake's instance): no site's host, so `hosts wait` and the
+# inventory leave it out.
+BAKE_ROLE = "bake"
 
 
 class SandboxError(BulkheadError):
@@ -144,6 +148,17 @@ class Sandboxes:
             return []
         return [HostSpec(**entry) for entry in json.loads(self.record.read_text())]
 
+    @contextlib.contextmanager
+    def _changing(self):
+        """The record held against every other writer (`hosts up` and the local cloud's controller both write it)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / "hosts.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _save(self, specs: list[HostSpec]) -> None:
         write_json(self.record, [asdict(s) for s in specs])
 
@@ -211,6 +226,10 @@ class Sandboxes:
         reach S3 through its gateway endpoint; through its region's front (`fronts`: region -> port) when the
         local cloud's controller runs, so that a region off the air is off the air for its hosts too.
         """
+        with self._changing():
+            return self._up(specs, s3_port, fronts)
+
+    def _up(self, specs: list[HostSpec], s3_port: int | None, fronts: dict[str, int] | None) -> list[HostSpec]:
         for stale in [s for s in self.recorded() if not self.alive(s)]:
             log.warning("sandbox lost; making it again", extra={"host": stale.name})
             self._remove(stale)
@@ -420,8 +439,9 @@ class Sandboxes:
 
     def remove(self, spec: HostSpec) -> None:
         """One sandbox gone for good (its instance terminated): processes, mounts, namespace and disk."""
-        self._remove(spec)
-        self._save([s for s in self.recorded() if s.name != spec.name])
+        with self._changing():
+            self._remove(spec)
+            self._save([s for s in self.recorded() if s.name != spec.name])
 
     def _remove(self, spec: HostSpec) -> None:
         root = self.root(spec)

@@ -22,7 +22,6 @@ from bulkhead.localcloud import images
 
 log = logging.getLogger("bulkhead.local.instances")
 RUN_TAG = "bulkhead:bake"
-BAKE_ROLE = "bake"
 
 
 class Instances:
@@ -67,7 +66,7 @@ class Instances:
 
     def _launch(self, ec2, region: str, instance: dict) -> None:
         from bulkhead.hosts import fabric, image
-        from bulkhead.hosts.sandbox import HostSpec
+        from bulkhead.hosts.sandbox import BAKE_ROLE, HostSpec
 
         settings = image.default_settings()
         base = image.image_for(settings)
