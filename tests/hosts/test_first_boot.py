@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +38,10 @@ class Region:
 
     def __init__(self, project_dir: Path, base: Path) -> None:
         self.project_dir = project_dir
-        self.env = {**os.environ, "BULKHEAD_LOCAL_DIR": str(base / "local"), "BULKHEAD_HOSTS_DIR": str(base / "hosts")}
+        # Its own images: a bake here is always made afresh, never found from an earlier run on this machine.
+        self.env = {**os.environ, "BULKHEAD_LOCAL_DIR": str(base / "local"), "BULKHEAD_HOSTS_DIR": str(base / "hosts"),
+                    "BULKHEAD_IMAGES_DIR": str(base / "images")}  # fmt: skip
+        self.images = base / "images"
         self.sandboxes = Sandboxes(base / "hosts")
         self.store = Store(base / "local")
 
@@ -90,6 +94,7 @@ class Region:
             self.bake.wait()
         self.bulkhead("hosts", "down", check=False, timeout=120)
         self.bulkhead("local", "down", check=False, timeout=120)
+        shutil.rmtree(self.images, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +309,7 @@ def test_bake__a_router_booted_from_it_installs_nothing_and_serves(booted, baked
     assert "bulkhead-converge: converged commit " in own
     # It is its own host: fresh host keys, its own facts
     keys = booted.run(spec.name, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
-    bake_layer = Path(booted.store.directory) / "images" / baked["image"]["ImageId"] / "layer"
+    bake_layer = booted.images / baked["image"]["ImageId"] / "layer"
     assert not list((bake_layer / "etc/ssh").glob("ssh_host_*")), "the image carries the bake's host keys"
     assert keys.returncode == 0 and keys.stdout.startswith("ssh-ed25519 ")
     facts = json.loads(booted.run(spec.name, "cat", "/etc/bulkhead/host.json").stdout)

@@ -43,7 +43,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if problem:
             raise SandboxError(f"{problem}; run `bulkhead image build`")
         # Each from its own AMI: an image the local cloud took (a bake's) stands on the base image's root.
-        taken = images.images_dir(store.directory)
+        taken = images.images_dir()
         specs = [dataclasses.replace(s, image=images.lower_layers(taken, s.ami, str(base.root))) for s in specs]
     with Console(stderr=True).status(f"making {len(specs)} sandbox hosts"):
         if not args.from_image:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import time
 from pathlib import Path
@@ -61,18 +62,23 @@ def cmd_bake(args: argparse.Namespace) -> int:
     spec = topology.StackFiles(project_dir).spec(args.region)
     repo, ref = _pull_source(project_dir, args.region, args.ref)
     commit = bake.commit_of(project_dir, ref)
-    ec2, iam = region_client(project_dir, "ec2", args.region), region_client(project_dir, "iam", args.region)
     types = {"router": spec.router_instance_type, "dyno_host": spec.dyno_instance_type,
              "postgres": spec.postgres_instance_type}  # fmt: skip
-    results = []
-    for tier in args.tier or TIERS:
+
+    def one(tier: str) -> bake.Baked:
+        # Clients of its own: each tier bakes on its own instance, all at once, as separate builds would.
+        ec2, iam = region_client(project_dir, "ec2", args.region), region_client(project_dir, "iam", args.region)
         plan = bake.Plan(args.region, tier, repo, commit, bake.digest_at(project_dir, commit, tier), spec.image_owner,
                          spec.image_name_pattern, types[tier])  # fmt: skip
-        baked = bake.bake(ec2, iam, plan, on_step=lambda step, t=tier: print(f"bake {t}: {step}", flush=True),
+        baked = bake.bake(ec2, iam, plan, on_step=lambda step: print(f"bake {tier}: {step}", flush=True),
                           timeout=args.timeout)  # fmt: skip
-        results.append(baked)
         what = "baked" if baked.fresh else "already baked (nothing to do)"
         print(f"{tier}: {baked.name} {baked.image_id} {what} in {baked.seconds:.1f} s", flush=True)
+        return baked
+
+    tiers = list(dict.fromkeys(args.tier or TIERS))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(tiers)) as pool:
+        results = [future.result() for future in [pool.submit(one, tier) for tier in tiers]]
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))
     return 0

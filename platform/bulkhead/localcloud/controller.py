@@ -182,10 +182,9 @@ class Controller:
         roles = [None, *config.get("roles", [])]
         self.alarms = Evaluator(self.moto.client, list(self.fronts), roles, self.reachable)
         self.edge = Edge(self.moto.client, roles, self.reachable)
-        directory = Path(config.get("directory") or Path(config["hosts_dir"]).parent)
         self.instances = Instances(self.moto.client, list(self.fronts), Path(config["hosts_dir"]),
                                    Path(config["project_dir"]) if config.get("project_dir") else None,
-                                   images.images_dir(directory), self.moto_port, self.reachable)  # fmt: skip
+                                   images.images_dir(), self.moto_port, self.reachable)  # fmt: skip
 
     def reachable(self, region: str) -> bool:
         front = self.fronts.get(region)

@@ -2,9 +2,11 @@
 
 An image sandbox's root is an overlay: the image's layers below, the instance's own upper layer on disk
 (`bulkhead.hosts.sandbox`). Taking an image copies that upper layer, whiteouts and extended attributes with it,
-into `images/<image id>/layer` beside the moto server, and records the layers the image stands on: the new
-layer over its source instance's own. A sandbox booted from the image mounts that stack as its lower layers,
-so what the source instance installed is there, and nothing it did after its disk was taken.
+into `<cache>/amis/<image id>/layer` (this machine's, beyond any one local cloud: an AMI outlives the stacks
+that use it), and records the layers the image stands on (the new layer over its source instance's own) and
+what DescribeImages says of it, so that every later local cloud's moto has it in its region. A sandbox booted
+from the image mounts that stack as its lower layers, so what the source instance installed is there, and
+nothing it did after its disk was taken.
 
 moto keeps such an image `pending` until the mark `available` (or `failed`) is here (`moto_gaps`).
 """
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bulkhead.files import write_json
@@ -28,16 +31,28 @@ RECORD = "image.json"
 @dataclass(frozen=True)
 class TakenImage:
     image_id: str
+    region: str
     source_instance: str
     # overlayfs lower directories, topmost first, as `lowerdir=` takes them.
     lower: str
     taken_at: float
     seconds: float
+    # What DescribeImages gave when it was taken, for the next local cloud's moto.
+    name: str = ""
+    description: str = ""
+    owner_id: str = ""
+    created_at: str = ""
+    root_device_name: str = "/dev/xvda"
+    encrypted: bool = False
+    tags: dict = field(default_factory=dict)
 
 
-def images_dir(store_directory: Path) -> Path:
-    """Where the local cloud at `store_directory` keeps its images (as the moto server is told)."""
-    return store_directory / "images"
+def images_dir() -> Path:
+    """Where this machine keeps the images its local clouds took (as every moto server is told):
+    `$BULKHEAD_IMAGES_DIR`, or `amis` in the machine's cache."""
+    from bulkhead.hosts.image import cache_dir
+
+    return Path(os.environ.get("BULKHEAD_IMAGES_DIR") or cache_dir() / "amis")
 
 
 def taken(directory: Path, image_id: str) -> TakenImage | None:
@@ -58,8 +73,10 @@ def lower_layers(directory: Path, image_id: str, base_root: str) -> str:
     return found.lower if found else base_root
 
 
-def take(directory: Path, image_id: str, source_instance: str, upper: Path, source_lower: str) -> TakenImage:
-    """Copy a stopped instance's upper layer into the image and mark it available; a failure marks it failed."""
+def take(directory: Path, region: str, image: dict, upper: Path, source_lower: str) -> TakenImage:
+    """Copy a stopped instance's upper layer into the image (`image` as DescribeImages gives it) and mark it
+    available; a failure marks it failed."""
+    image_id, source_instance = image["ImageId"], image.get("SourceInstanceId", "")
     base = directory / image_id
     started = time.monotonic()
     partial = base / "layer.partial"
@@ -72,8 +89,15 @@ def take(directory: Path, image_id: str, source_instance: str, upper: Path, sour
         if copied.returncode != 0:
             raise OSError(copied.stderr.strip().splitlines()[-1:] or "cp failed")
         partial.rename(base / "layer")
-        record = TakenImage(image_id, source_instance, f"{base / 'layer'}:{source_lower}", time.time(),
-                            round(time.monotonic() - started, 1))  # fmt: skip
+        mappings = image.get("BlockDeviceMappings") or [{}]
+        record = TakenImage(
+            image_id, region, source_instance, f"{base / 'layer'}:{source_lower}", time.time(),
+            round(time.monotonic() - started, 1), name=image.get("Name", ""), description=image.get("Description", ""),
+            owner_id=image.get("OwnerId", ""), created_at=image.get("CreationDate", ""),
+            root_device_name=image.get("RootDeviceName", "/dev/xvda"),
+            encrypted=bool(mappings[0].get("Ebs", {}).get("Encrypted")),
+            tags={t["Key"]: t["Value"] for t in image.get("Tags", [])},
+        )  # fmt: skip
         write_json(base / RECORD, asdict(record))
         (base / "available").touch()
         log.info("image taken", extra={"image": image_id, "instance": source_instance, "seconds": record.seconds})

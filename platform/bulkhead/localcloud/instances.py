@@ -62,7 +62,7 @@ class Instances:
             source = image.get("SourceInstanceId", "")
             spec = recorded.get(source)
             if source in stopped and spec is not None and not self.sandboxes.powered(spec):
-                images.take(self.images_directory, image["ImageId"], source, self.sandboxes.upper(spec), spec.image)
+                images.take(self.images_directory, region, image, self.sandboxes.upper(spec), spec.image)
 
     def _launch(self, ec2, region: str, instance: dict) -> None:
         from bulkhead.hosts import fabric, image

@@ -12,7 +12,10 @@ As EC2 does, and moto 5 does not:
   template's `Encrypted: false` is false (moto reads the string "false" as true);
 - an image made by CreateImage is `pending` until its disk is taken (moto names the instance it came from,
   `SourceInstanceId`, as EC2 does). The local cloud's controller takes it from the instance's sandbox
-  (`bulkhead.localcloud.images`) and leaves a mark in `$BULKHEAD_IMAGES_DIR/<image>/`: `available`, or `failed`.
+  (`bulkhead.localcloud.images`) and leaves a mark in `$BULKHEAD_IMAGES_DIR/<image>/`: `available`, or `failed`;
+  its snapshot is encrypted when the instance's root volume was, and says so;
+- an image outlives the local cloud that made it, as an AMI outlives its stacks: each new moto server loads the
+  images taken on this machine into their region.
 Only launch and upload completion are touched; every API answer is moto's own. `bulkhead check --live` reads what this
 produces, so that what is checked is what EC2 would have launched.
 """
@@ -23,8 +26,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Where the controller keeps the images CreateImage made (the moto server's directory's `images`).
-IMAGES_DIR_VARIABLE = "BULKHEAD_IMAGES_DIR"
+# Where the controller keeps the images CreateImage made: on this machine, beyond any one local cloud.
+IMAGES_DIR_VARIABLE = "BULKHEAD_IMAGES_DIR"  # as `images.images_dir` reads it
 
 
 def _truthy(value: Any) -> bool:
@@ -39,15 +42,41 @@ def apply() -> None:
 
 
 def _apply_images() -> None:
+    import json
+
     from moto.ec2.models import amis
 
     directory = Path(os.environ.get(IMAGES_DIR_VARIABLE) or "/nonexistent")
     create = amis.AmiBackend.create_image
+    load = amis.AmiBackend._load_amis
 
     def create_image(self, instance_id: str, *args: Any, **kwargs: Any):
         image = create(self, instance_id, *args, **kwargs)  # moto names its SourceInstanceId already
         image.taken_from_sandbox = True
+        # The image's snapshot is encrypted as the instance's root volume was (moto's is never).
+        root = dict(self.get_instance(instance_id).get_block_device_mapping).get(image.root_device_name)
+        image.ebs_snapshot.encrypted = bool(root is not None and getattr(root, "encrypted", False))
         return image
+
+    def load_taken(self) -> None:
+        """The account's images taken on this machine by earlier local clouds, in the region they were made in:
+        an AMI outlives the stacks that used it, as on AWS."""
+        load(self)
+        for record in sorted(directory.glob("ami-*/image.json")):
+            try:
+                taken = json.loads(record.read_text())
+            except (OSError, ValueError):
+                continue
+            if taken.get("region") != self.region_name or not (record.parent / "available").exists():
+                continue
+            image = amis.Ami(self, taken["image_id"], name=taken["name"], description=taken.get("description"),
+                             owner_id=taken.get("owner_id"), architecture="x86_64", virtualization_type="hvm",
+                             root_device_type="ebs", root_device_name=taken.get("root_device_name", "/dev/xvda"),
+                             creation_date=taken.get("created_at"), region_name=self.region_name,
+                             tags=taken.get("tags") or {})  # fmt: skip
+            image.taken_from_sandbox = True
+            image.ebs_snapshot.encrypted = bool(taken.get("encrypted"))
+            self.amis[image.id] = image
 
     def state(self) -> str:
         if not getattr(self, "taken_from_sandbox", False):
@@ -60,8 +89,17 @@ def _apply_images() -> None:
     def set_state(self, value: str) -> None:
         self.__dict__["_state"] = value
 
+    def block_device_mappings(self) -> list[dict[str, Any]]:
+        mappings = original_mappings.fget(self)
+        for mapping in mappings:
+            mapping["Ebs"]["Encrypted"] = bool(getattr(self.ebs_snapshot, "encrypted", False))
+        return mappings
+
+    original_mappings = amis.Ami.block_device_mappings
     amis.AmiBackend.create_image = create_image
+    amis.AmiBackend._load_amis = load_taken
     amis.Ami.state = property(state, set_state)
+    amis.Ami.block_device_mappings = property(block_device_mappings)
 
 
 def _apply_s3() -> None:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bulkhead.files import write_json
-from bulkhead.localcloud import moto_gaps
+from bulkhead.localcloud import images, moto_gaps
 from bulkhead.localcloud.aws import LocalCloudError
 
 AMIS = Path(__file__).with_name("debian_amis.json")
@@ -106,8 +106,8 @@ def start(directory: Path, port: int | None = None, environment: dict[str, str] 
     directory.mkdir(parents=True, exist_ok=True)
     log = (directory / "moto.log").open("ab")
     # Moto's image catalogue gets the Debian 12 images the program looks up, as AWS publishes them.
-    # The images CreateImage makes are taken by the controller into `images` beside it (see `moto_gaps`).
-    environment = {**os.environ, "MOTO_AMIS_PATH": str(AMIS), moto_gaps.IMAGES_DIR_VARIABLE: str(directory / "images"),
+    # The images CreateImage makes are taken by the controller into this machine's cache (see `moto_gaps`).
+    environment = {**os.environ, "MOTO_AMIS_PATH": str(AMIS), moto_gaps.IMAGES_DIR_VARIABLE: str(images.images_dir()),
                    **(environment or {})}  # fmt: skip
     process = subprocess.Popen(
         # moto's server, with EC2's launch behaviour that moto lacks (see `moto_gaps`).
