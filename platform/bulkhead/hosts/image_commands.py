@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -65,15 +66,20 @@ def cmd_bake(args: argparse.Namespace) -> int:
     types = {"router": spec.router_instance_type, "dyno_host": spec.dyno_instance_type,
              "postgres": spec.postgres_instance_type}  # fmt: skip
 
+    printing = threading.Lock()
+
+    def say(line: str) -> None:
+        with printing:  # one line at a time: the tiers bake in threads
+            print(line, flush=True)
+
     def one(tier: str) -> bake.Baked:
         # Clients of its own: each tier bakes on its own instance, all at once, as separate builds would.
         ec2, iam = region_client(project_dir, "ec2", args.region), region_client(project_dir, "iam", args.region)
         plan = bake.Plan(args.region, tier, repo, commit, bake.digest_at(project_dir, commit, tier), spec.image_owner,
                          spec.image_name_pattern, types[tier])  # fmt: skip
-        baked = bake.bake(ec2, iam, plan, on_step=lambda step: print(f"bake {tier}: {step}", flush=True),
-                          timeout=args.timeout)  # fmt: skip
+        baked = bake.bake(ec2, iam, plan, on_step=lambda step: say(f"bake {tier}: {step}"), timeout=args.timeout)
         what = "baked" if baked.fresh else "already baked (nothing to do)"
-        print(f"{tier}: {baked.name} {baked.image_id} {what} in {baked.seconds:.1f} s", flush=True)
+        say(f"{tier}: {baked.name} {baked.image_id} {what} in {baked.seconds:.1f} s")
         return baked
 
     tiers = list(dict.fromkeys(args.tier or TIERS))

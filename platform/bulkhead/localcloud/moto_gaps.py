@@ -15,7 +15,7 @@ As EC2 does, and moto 5 does not:
   (`bulkhead.localcloud.images`) and leaves a mark in `$BULKHEAD_IMAGES_DIR/<image>/`: `available`, or `failed`;
   its snapshot is encrypted when the instance's root volume was, and says so;
 - an image outlives the local cloud that made it, as an AMI outlives its stacks: each new moto server loads the
-  images taken on this machine into their region.
+  images taken on this machine into their region, and DeregisterImage removes one for good.
 Only launch and upload completion are touched; every API answer is moto's own. `bulkhead check --live` reads what this
 produces, so that what is checked is what EC2 would have launched.
 """
@@ -23,6 +23,8 @@ produces, so that what is checked is what EC2 would have launched.
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +55,13 @@ def _apply_images() -> None:
     def create_image(self, instance_id: str, *args: Any, **kwargs: Any):
         image = create(self, instance_id, *args, **kwargs)  # moto names its SourceInstanceId already
         image.taken_from_sandbox = True
-        # The image's snapshot is encrypted as the instance's root volume was (moto's is never).
-        root = dict(self.get_instance(instance_id).get_block_device_mapping).get(image.root_device_name)
-        image.ebs_snapshot.encrypted = bool(root is not None and getattr(root, "encrypted", False))
+        # The image boots from the instance's root device, and its snapshot is encrypted as the instance's root
+        # volume was (moto's image says /dev/sda1, and is never encrypted).
+        instance = self.get_instance(instance_id)
+        image.root_device_name = instance.root_device_name
+        root = dict(instance.get_block_device_mapping).get(instance.root_device_name)
+        volume = self.get_volume(root.volume_id) if root is not None and root.volume_id else None
+        image.ebs_snapshot.encrypted = bool(volume is not None and volume.encrypted)
         return image
 
     def load_taken(self) -> None:
@@ -72,7 +78,8 @@ def _apply_images() -> None:
             image = amis.Ami(self, taken["image_id"], name=taken["name"], description=taken.get("description"),
                              owner_id=taken.get("owner_id"), architecture="x86_64", virtualization_type="hvm",
                              root_device_type="ebs", root_device_name=taken.get("root_device_name", "/dev/xvda"),
-                             creation_date=taken.get("created_at"), region_name=self.region_name,
+                             creation_date=amis.parse_timestamp(taken["created_at"]) if taken.get("created_at")
+                             else None, region_name=self.region_name,
                              tags=taken.get("tags") or {})  # fmt: skip
             image.taken_from_sandbox = True
             image.ebs_snapshot.encrypted = bool(taken.get("encrypted"))
@@ -95,7 +102,19 @@ def _apply_images() -> None:
             mapping["Ebs"]["Encrypted"] = bool(getattr(self.ebs_snapshot, "encrypted", False))
         return mappings
 
+    deregister = amis.AmiBackend.deregister_image
+
+    def deregister_image(self, ami_id: str) -> None:
+        """An image deregistered is gone for every later local cloud too, its disk with it."""
+        deregister(self, ami_id)
+        if amis.AmiBackend.AMI_REGEX.fullmatch(ami_id) and (directory / ami_id).is_dir():
+            # Out of the way at once, removed after the answer: a layer is a GB of small files.
+            gone = directory / f".deregistered-{ami_id}"
+            (directory / ami_id).rename(gone)
+            threading.Thread(target=shutil.rmtree, args=(gone,), kwargs={"ignore_errors": True}, daemon=True).start()
+
     original_mappings = amis.Ami.block_device_mappings
+    amis.AmiBackend.deregister_image = deregister_image
     amis.AmiBackend.create_image = create_image
     amis.AmiBackend._load_amis = load_taken
     amis.Ami.state = property(state, set_state)
