@@ -252,11 +252,16 @@ def test_first_boot__the_host_cli_has_no_controller_dependencies(booted):
 
 @pytest.fixture(scope="module")
 def baked(booted):
-    """The router tier baked (`bulkhead image bake`), then a router launched from its AMI and booted."""
-    started = time.monotonic()
-    made = booted.bulkhead("image", "bake", "--region", REGION, "--tier", "router", "--json", timeout=BOOT_TIMEOUT)
-    booted.bake_seconds = time.monotonic() - started
-    (result,) = json.loads(made.stdout[made.stdout.index("[") :])
+    """The router tier baked (`bulkhead image bake`, started beside the first boots), then a router launched from its
+    AMI and booted."""
+    try:
+        out, err = booted.bake.communicate(timeout=BOOT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        booted.bake.kill()
+        pytest.fail(f"the router tier's bake did not end within {BOOT_TIMEOUT} s")
+    assert booted.bake.returncode == 0, f"bulkhead image bake exited {booted.bake.returncode}: {err[-3000:]}"
+    (result,) = json.loads(out[out.index("[") :])
+    assert result["fresh"] is True, out
     info = server.running(booted.store.directory)
     ec2 = boto3.client("ec2", endpoint_url=info.endpoint, region_name=REGION, **LOCAL_CREDENTIALS)
     (image_,) = ec2.describe_images(ImageIds=[result["image_id"]])["Images"]
