@@ -442,6 +442,9 @@ class Sandboxes:
         with self._changing():
             self._remove(spec)
             self._save([s for s in self.recorded() if s.name != spec.name])
+            if not any(s.region == spec.region for s in self.recorded()):
+                # Nothing else uses the region's bridge: it goes with its last host.
+                _run("ip", "netns", "del", fabric_netns(spec.region, self.directory), check=False)
 
     def _remove(self, spec: HostSpec) -> None:
         root = self.root(spec)
