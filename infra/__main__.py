@@ -53,8 +53,8 @@ def tier_images(spec: topology.RegionSpec) -> dict[str, pulumi.Input[str]]:
     except bake.BakeError as error:
         raise topology.ConfigError(f"stack {spec.stack}: bulkhead:imageSource baked: {error}") from None
     found = {}
-    for tier in install_inputs.PLAYBOOKS:
-        name = install_inputs.image_name(tier, bake.digest_at(PROJECT_DIR, commit, tier))
+    for tier, digest in bake.digests_at(PROJECT_DIR, commit, install_inputs.PLAYBOOKS).items():
+        name = install_inputs.image_name(tier, digest)
         # GetAmiIds, not GetAmi: no match is an empty list (newest first), where GetAmi fails without a word.
         ids = aws.ec2.get_ami_ids(
             owners=["self"], filters=[aws.ec2.GetAmiIdsFilterArgs(name="name", values=[name])]

@@ -22,7 +22,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -81,8 +81,9 @@ def commit_of(project_dir: Path, ref: str) -> str:
     return found.stdout.strip()
 
 
-def digest_at(project_dir: Path, commit: str, tier: str) -> str:
-    """The tier's install digest at `commit`, read from the checkout's history (not its working tree)."""
+def digests_at(project_dir: Path, commit: str, tiers: Iterable[str]) -> dict[str, str]:
+    """Each tier's install digest at `commit`, read from the checkout's history (not its working tree): one
+    archive of the commit for every tier."""
     archive = subprocess.run(["git", "-C", str(project_dir), "archive", "--format=tar", commit, "roles", "platform",
                               "pyproject.toml"], capture_output=True, check=False)  # fmt: skip
     if archive.returncode != 0:
@@ -90,7 +91,7 @@ def digest_at(project_dir: Path, commit: str, tier: str) -> str:
     with tempfile.TemporaryDirectory(prefix="bulkhead-bake-") as scratch:
         with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
             tar.extractall(scratch, filter="data")
-        return install_inputs.digest(Path(scratch), tier)
+        return {tier: install_inputs.digest(Path(scratch), tier) for tier in tiers}
 
 
 def find(ec2, name: str) -> dict | None:

@@ -63,6 +63,8 @@ def cmd_bake(args: argparse.Namespace) -> int:
     spec = topology.StackFiles(project_dir).spec(args.region)
     repo, ref = _pull_source(project_dir, args.region, args.ref)
     commit = bake.commit_of(project_dir, ref)
+    tiers = list(dict.fromkeys(args.tier or TIERS))
+    digests = bake.digests_at(project_dir, commit, tiers)
     types = {"router": spec.router_instance_type, "dyno_host": spec.dyno_instance_type,
              "postgres": spec.postgres_instance_type}  # fmt: skip
 
@@ -75,14 +77,13 @@ def cmd_bake(args: argparse.Namespace) -> int:
     def one(tier: str) -> bake.Baked:
         # Clients of its own: each tier bakes on its own instance, all at once, as separate builds would.
         ec2, iam = region_client(project_dir, "ec2", args.region), region_client(project_dir, "iam", args.region)
-        plan = bake.Plan(args.region, tier, repo, commit, bake.digest_at(project_dir, commit, tier), spec.image_owner,
+        plan = bake.Plan(args.region, tier, repo, commit, digests[tier], spec.image_owner,
                          spec.image_name_pattern, types[tier])  # fmt: skip
         baked = bake.bake(ec2, iam, plan, on_step=lambda step: say(f"bake {tier}: {step}"), timeout=args.timeout)
         what = "baked" if baked.fresh else "already baked (nothing to do)"
         say(f"{tier}: {baked.name} {baked.image_id} {what} in {baked.seconds:.1f} s")
         return baked
 
-    tiers = list(dict.fromkeys(args.tier or TIERS))
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(tiers)) as pool:
         results = [future.result() for future in [pool.submit(one, tier) for tier in tiers]]
     if args.json:

@@ -101,7 +101,7 @@ def start(directory: Path, moto_port: int, regions: list[str], hosts_dir: Path,
     `project_dir` is the checkout the instances it runs itself (bakes) pull, as `hosts up` serves it."""
     previous = recorded(directory)
     config = {"moto_port": moto_port, "regions": sorted(set(regions)), "hosts_dir": str(hosts_dir),
-              "replication_lag": replication_lag, "roles": sorted(set(roles or [])), "directory": str(directory),
+              "replication_lag": replication_lag, "roles": sorted(set(roles or [])),
               "project_dir": str(project_dir) if project_dir else None,
               # A restarted controller keeps each region's port: the sandboxes' relays point at them.
               "fronts": previous.fronts if previous else {}}  # fmt: skip
