@@ -52,6 +52,12 @@ def agents(site):
                 os.environ[name] = value
 
 
+def _shown(report) -> str:
+    """A drill's whole report, for a failed assertion (pytest would cut a dict's repr short: the goal that was
+    missed is often in the part cut off)."""
+    return json.dumps(report.as_json(), indent=1, default=str)
+
+
 def _web_routes(site) -> int:
     router = site.of_role("router")[0]
     return sum(1 for s in haproxy_servers(site.reach, router) if s.startswith("app_sample/"))
@@ -120,7 +126,7 @@ def test_router_agent__when_haproxy_refuses_every_change_it_keeps_serving_the_la
 def test_drill_bad_route_record__10000_fuzzed_records_cost_no_request_and_no_restart(site, agents, tmp_path):
     report = bad_route_record.run(agents, tmp_path, project_dir=site.project_dir)
     figures = report.as_json()
-    assert report.passed, figures
+    assert report.passed, _shown(report)
     assert figures["records_injected"] == 10_000 and figures["records_rejected"] >= 10_000
     assert figures["agent_restarts"] == 0 and figures["http_ok_ratio"] >= 0.999
     assert figures["requests"] >= bad_route_record.MIN_REQUESTS
@@ -129,7 +135,7 @@ def test_drill_bad_route_record__10000_fuzzed_records_cost_no_request_and_no_res
 @pytest.mark.drill
 def test_drill_rods__each_rod_is_obeyed_within_5_s_and_flipped_back(site, agents, tmp_path):
     report = rod_flips.run(agents, tmp_path, project_dir=site.project_dir)
-    assert report.passed, report.as_json()
+    assert report.passed, _shown(report)
     for rod in ("router_read_only", "dyno_launch_rate", "app_management_lockdown"):
         assert report.figures[f"{rod}_obeyed_s"] <= 5
     rows = json.loads(_bulkhead(site, "rods", "list", "--region", site.store_region, "--json").stdout)
@@ -144,7 +150,7 @@ def test_drill_rods__each_rod_is_obeyed_within_5_s_and_flipped_back(site, agents
 def test_drill_partition_singleton__the_second_clock_ticks_only_after_the_first_stopped(site, agents, tmp_path):
     report = partition_singleton.run(agents, tmp_path, project_dir=site.project_dir)
     figures = report.as_json()
-    assert report.passed, figures
+    assert report.passed, _shown(report)
     assert figures["new_token"] > figures["old_token"] and figures["gap_s"] > 0
     assert figures["old_stopped_after_s"] < figures["new_first_tick_after_s"]
 
@@ -153,7 +159,7 @@ def test_drill_partition_singleton__the_second_clock_ticks_only_after_the_first_
 def test_drill_slow_registry__http_flows_memory_stays_bounded_and_routes_converge_in_5_s(site, agents, tmp_path):
     report = slow_registry.run(agents, tmp_path, project_dir=site.project_dir)
     figures = report.as_json()
-    assert report.passed, figures
+    assert report.passed, _shown(report)
     assert figures["route_changes"] >= 1500 and figures["converge_s"] <= 5 and figures["agent_rss_max_mb"] <= 150
 
 
@@ -163,7 +169,7 @@ def test_drill_boot_storm__launches_stay_under_the_rod_the_slow_cell_breaks_and_
 ):
     report = boot_storm.run(agents, tmp_path, project_dir=site.project_dir)
     figures = report.as_json()
-    assert report.passed, figures
+    assert report.passed, _shown(report)
     assert 0 < figures["max_launches_per_cell_minute"] <= boot_storm.RATE
     assert figures["other_cell_breaker_opened"] == 0 and figures["drained_s"] is not None
 
@@ -189,7 +195,7 @@ def test_metrics_agent__every_host_publishes_what_its_tier_has_and_beats(site, a
 def test_drill_archive_stall__the_lag_alarm_pages_within_a_minute_of_evaluation_and_clears(site, agents, tmp_path):
     report = archive_stall.run(agents, tmp_path, project_dir=site.project_dir)
     figures = report.as_json()
-    assert report.passed, figures
+    assert report.passed, _shown(report)
     # Never before the lag can pass 60 s; within one publish interval and one evaluation minute after that.
     assert 60 < figures["alarm_s"] < 135 and figures["cleared_s"] is not None and figures["state_now"] == "OK"
     assert "Threshold Crossed" in figures["alarm_reason"]
@@ -199,6 +205,6 @@ def test_drill_archive_stall__the_lag_alarm_pages_within_a_minute_of_evaluation_
 def test_drill_region_silent__the_status_region_pages_while_the_region_s_own_topic_refuses(site, agents, tmp_path):
     report = region_silent.run(agents, tmp_path, project_dir=site.project_dir)
     figures = report.as_json()
-    assert report.passed, figures
+    assert report.passed, _shown(report)
     # Two silent periods of 30 s, evaluated every 30 s: not before a minute, within a minute and a half.
     assert figures["region_topic_unreachable"] and 55 < figures["alarm_s"] < 120 and figures["state_now"] == "OK"

@@ -24,7 +24,7 @@ from bulkhead.drills.common import (
     still_healthy,
     wait_until,
 )
-from bulkhead.drills.report import Report
+from bulkhead.drills.report import Report, timeline
 from bulkhead.ha.reach import Reach
 
 PATRONI_CONFIG = "/etc/bulkhead/patroni.yml"
@@ -34,12 +34,26 @@ BUILT_WITH = "replica has been created using "
 # What each member's Patroni says on the way from the loss to a new leader (its log's own words).
 FAILOVER_EVENTS = ("released leader key voluntarily", "acquired session lock as a leader", "promoted self to leader",
                    "Got response from", "Could not take out TTL lock", "following a different leader",
-                   "no action. I am (", "starting as a secondary")  # fmt: skip
+                   "no action. I am (", "starting as a secondary", "starting primary after failure",
+                   "crash recovery", "demoted self", "Demoting self", "starting after demotion",
+                   "failed to update leader lock", "restarting after failure")  # fmt: skip
+# The events that change who takes writes: every one is kept (a second promotion is a second stall), where the
+# rest are kept once per member.
+EVERY_TIME = (
+    "promoted self to leader",
+    "acquired session lock as a leader",
+    "released leader key voluntarily",
+    "starting primary after failure",
+    "demoted self",
+    "Demoting self",
+    "failed to update leader lock",
+)
 
 
 def failover_timeline(logs: dict[str, Path], offsets: dict[str, int], fault_at: float, limit: float = 60) -> list:
-    """The failover's events in every member's Patroni log: seconds after the fault, member, message (the first
-    of each kind per member, within `limit` s), so a slow failover can be told from a slow writer."""
+    """The failover's events in every member's Patroni log: seconds after the fault, member, message (within
+    `limit` s; each kind once per member, but every change of who leads), so a slow failover can be told from a
+    slow writer."""
     events = []
     for member, path in logs.items():
         seen = set()
@@ -55,7 +69,7 @@ def failover_timeline(logs: dict[str, Path], offsets: dict[str, int], fault_at: 
                         continue
                     message = str(record.get("message", ""))
                     kind = next((e for e in FAILOVER_EVENTS if e in message), None)
-                    if kind and kind not in seen and 0 <= at - fault_at <= limit:
+                    if kind and (kind in EVERY_TIME or kind not in seen) and 0 <= at - fault_at <= limit:
                         seen.add(kind)
                         events.append({"s": round(at - fault_at, 2), "member": member, "event": message[:160]})
         except OSError:
@@ -104,5 +118,6 @@ def run(reach: Reach, scratch, on_step=None, project_dir=None) -> Report:
         built = [line for line in lines if BUILT_WITH in line]
     report.detail = {"wiped": data_dir, "writer": ready.writer_host.name, "run": run_id,
                      "rebuilt_with": built[-1].split(BUILT_WITH)[1].split('"')[0] if built else None,
-                     "failover": failover_timeline(member_logs, offsets, fault_at)}  # fmt: skip
+                     "failover": failover_timeline(member_logs, offsets, fault_at),
+                     "writes": timeline(attempts, fault_at)}  # fmt: skip
     return report

@@ -41,6 +41,26 @@ def recovery_seconds(writes: Iterable[Attempt], fault_at: float) -> float | None
     return round(min(after) - fault_at, 2) if after else None
 
 
+def timeline(attempts: Iterable[Attempt], fault_at: float, limit: float = 60) -> list[dict]:
+    """The attempts from the fault on (within `limit` s), run by run: each run of the same result with when it
+    began and ended (seconds after the fault), how many, and its longest gap between two attempts (a stalled
+    statement shows as a gap). Tells a writer that failed fast for 30 s from one that waited 30 s."""
+    runs: list[dict] = []
+    last = fault_at
+    for attempt in sorted((a for a in attempts if fault_at < a.at <= fault_at + limit), key=lambda a: a.at):
+        result = "ok" if attempt.ok else "fail"
+        gap = round(attempt.at - last, 2)
+        if runs and runs[-1]["result"] == result:
+            run = runs[-1]
+            run["to_s"], run["count"], run["longest_gap_s"] = round(attempt.at - fault_at, 2), run["count"] + 1, max(
+                run["longest_gap_s"], gap)  # fmt: skip
+        else:
+            at = round(attempt.at - fault_at, 2)
+            runs.append({"result": result, "from_s": at, "to_s": at, "count": 1, "longest_gap_s": gap})
+        last = attempt.at
+    return runs
+
+
 def lost_writes(writes: Iterable[Attempt], fault_at: float, present: set[int]) -> list[Attempt]:
     """The writes acknowledged before the fault whose rows the cluster no longer has."""
     return [w for w in writes if w.ok and w.at <= fault_at and w.number not in present]

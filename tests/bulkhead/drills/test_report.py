@@ -32,6 +32,17 @@ def test_recovery_seconds__from_the_fault_to_the_first_acknowledged_write_after_
     assert report.recovery_seconds(report.parse_attempts(WRITES), fault_at=130.0) is None
 
 
+def test_timeline__the_attempts_after_the_fault_run_by_run_with_their_longest_gap():
+    runs = report.timeline(report.parse_attempts(WRITES), fault_at=100.0)
+    assert runs == [
+        {"result": "fail", "from_s": 1.0, "to_s": 10.2, "count": 2, "longest_gap_s": 9.2},
+        {"result": "ok", "from_s": 21.4, "to_s": 21.6, "count": 2, "longest_gap_s": 11.2},
+    ]
+    assert report.timeline(report.parse_attempts(WRITES), fault_at=100.0, limit=5) == [
+        {"result": "fail", "from_s": 1.0, "to_s": 1.0, "count": 1, "longest_gap_s": 1.0}
+    ]
+
+
 def test_rows_lost__counts_only_rows_acknowledged_before_the_fault_and_missing_after():
     attempts = report.parse_attempts(WRITES)
     assert len(report.lost_writes(attempts, 100.0, present={1, 2, 3, 6, 7})) == 0
