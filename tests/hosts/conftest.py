@@ -9,6 +9,8 @@ an `ansible` process for every check.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import testinfra.host
 from testinfra.backend.base import CommandResult
@@ -83,9 +85,27 @@ def site(project_dir, tmp_path_factory):
     # Every host: a router, two dyno hosts (one per cell) and a database member (with etcd) in each AZ, so that
     # any AZ can be lost while the others serve.
     base = tmp_path_factory.mktemp("site")
+    started = time.monotonic()
     with region_site(project_dir, base, REGION, config={"bulkhead:cells": "2"}) as made:
+        SET_UP.update(seconds=time.monotonic() - started, converge=made.first_run)
         assert made.first_run.succeeded, made.first_run.failures
         yield Site(project_dir, made.store, made.sandboxes, made.inventory_path, made.first_run)
+
+
+# How long the shared site took to make, and its converge's slowest tasks: printed at the end of the run, where
+# CI's output shows where the suite's time went.
+SET_UP: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not SET_UP:
+        return
+    first = SET_UP["converge"]
+    terminalreporter.section("the shared site")
+    terminalreporter.write_line(f"made in {SET_UP['seconds']:.0f} s, its first converge {first.seconds:.0f} s; "
+                                "the slowest tasks (seconds summed over hosts):")  # fmt: skip
+    for name, seconds in sorted(first.task_seconds.items(), key=lambda kv: -kv[1])[:15]:
+        terminalreporter.write_line(f"  {seconds:7.1f}  {name}")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
