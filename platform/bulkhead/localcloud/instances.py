@@ -57,6 +57,8 @@ class Instances:
                 self.sandboxes.remove(spec)
                 log.info("instance terminated: sandbox removed", extra={"instance": spec.name})
         stopped = {i["InstanceId"] for i in found if i["State"]["Name"] == "stopped"}
+        if not stopped:  # only a stopped instance's image is ever taken: no call to make on every other tick
+            return
         pending = ec2.describe_images(Owners=["self"], Filters=[{"Name": "state", "Values": ["pending"]}])["Images"]
         for image in pending:
             source = image.get("SourceInstanceId", "")
