@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -120,8 +121,11 @@ def booted(project_dir, base_image, tmp_path_factory):
             "standby2": region.pick("postgres", zones[2], postgres="standby")["InstanceId"],
         }
         region.bulkhead("hosts", "up", "--from-image", "--region", REGION, "--only", ",".join(chosen.values()))
-        # The router tier's bake (the tests of `baked`) installs beside the five first boots, as it would on AWS.
+        # The router tier's bake (the tests of `baked`) installs beside the five first boots, as it would on AWS,
+        # and a router from its image boots as soon as it is there: beside the first boots' end, not after it.
         region.bake = region.start("image", "bake", "--region", REGION, "--tier", "router", "--json")
+        region.baked_launch = threading.Thread(target=_launch_from_bake, args=(region,), daemon=True)
+        region.baked_launch.start()
         started = time.monotonic()
         # The process gets a minute more than its own timeout: boots slower than BOOT_TIMEOUT then fail the boot
         # test with `hosts wait`'s own account of each host, instead of erroring every test of the module.
@@ -250,31 +254,45 @@ def test_first_boot__the_host_cli_has_no_controller_dependencies(booted):
 # --- a baked image of the router tier, in the same local cloud ---
 
 
+def _launch_from_bake(region: Region) -> None:
+    """Once the router tier's bake ends, a router like the program's, launched from the tier's launch template with
+    the baked image instead of the base one, and its first boot started. What it finds (or the exception that
+    stopped it) is left in `region.launched` for the `baked` fixture."""
+    try:
+        try:
+            out, err = region.bake.communicate(timeout=BOOT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            region.bake.kill()
+            pytest.fail(f"the router tier's bake did not end within {BOOT_TIMEOUT} s")
+        assert region.bake.returncode == 0, f"bulkhead image bake exited {region.bake.returncode}: {err[-3000:]}"
+        (result,) = json.loads(out[out.index("[") :])
+        assert result["fresh"] is True, out
+        info = server.running(region.store.directory)
+        ec2 = boto3.client("ec2", endpoint_url=info.endpoint, region_name=REGION, **LOCAL_CREDENTIALS)
+        (image_,) = ec2.describe_images(ImageIds=[result["image_id"]])["Images"]
+        router = region.pick("router")
+        (template,) = [t for t in ec2.describe_launch_templates()["LaunchTemplates"]
+                       if t["LaunchTemplateName"].startswith(f"bulkhead-{REGION}-router-")]  # fmt: skip
+        launched = ec2.run_instances(LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"]},
+                                     ImageId=image_["ImageId"], SubnetId=router["SubnetId"], MinCount=1,
+                                     MaxCount=1)["Instances"][0]  # fmt: skip
+        region.bulkhead("hosts", "up", "--from-image", "--region", REGION, "--only", launched["InstanceId"])
+        region.launched = {"result": result, "image": image_, "instance": launched["InstanceId"], "ec2": ec2}
+    except BaseException as error:  # pytest.fail's outcome too: the fixture raises it again
+        region.launched = error
+
+
 @pytest.fixture(scope="module")
 def baked(booted):
     """The router tier baked (`bulkhead image bake`, started beside the first boots), then a router launched from its
-    AMI and booted."""
-    try:
-        out, err = booted.bake.communicate(timeout=BOOT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        booted.bake.kill()
-        pytest.fail(f"the router tier's bake did not end within {BOOT_TIMEOUT} s")
-    assert booted.bake.returncode == 0, f"bulkhead image bake exited {booted.bake.returncode}: {err[-3000:]}"
-    (result,) = json.loads(out[out.index("[") :])
-    assert result["fresh"] is True, out
-    info = server.running(booted.store.directory)
-    ec2 = boto3.client("ec2", endpoint_url=info.endpoint, region_name=REGION, **LOCAL_CREDENTIALS)
-    (image_,) = ec2.describe_images(ImageIds=[result["image_id"]])["Images"]
-    # A router like the program's, from the tier's launch template with the baked image instead of the base one
-    router = booted.pick("router")
-    (template,) = [t for t in ec2.describe_launch_templates()["LaunchTemplates"]
-                   if t["LaunchTemplateName"].startswith(f"bulkhead-{REGION}-router-")]  # fmt: skip
-    launched = ec2.run_instances(LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"]},
-                                 ImageId=image_["ImageId"], SubnetId=router["SubnetId"], MinCount=1,
-                                 MaxCount=1)["Instances"][0]  # fmt: skip
-    booted.bulkhead("hosts", "up", "--from-image", "--region", REGION, "--only", launched["InstanceId"])
+    AMI (as soon as the bake ended) and booted."""
+    booted.baked_launch.join(timeout=BOOT_TIMEOUT + 120)
+    launched = getattr(booted, "launched", None)
+    if isinstance(launched, BaseException):
+        raise launched
+    assert launched is not None, "the router tier's bake and the launch from it did not end"
     waited = booted.bulkhead("hosts", "wait", "--json", "--timeout", "600", check=False, timeout=660)
-    return {"result": result, "image": image_, "instance": launched["InstanceId"], "waited": waited, "ec2": ec2,
+    return {**launched, "waited": waited,
             "again": booted.bulkhead(
                 "image", "bake", "--region", REGION, "--tier", "router", "--json", timeout=300)}  # fmt: skip
 
@@ -384,9 +402,16 @@ def test_bad_input__a_corrupt_image_is_refused_with_the_command_to_run(broken, b
     cache = tmp_path / "cache"
     (cache / "images").mkdir(parents=True)
     copy = image.Image(cache / "images" / base_image.path.name, base_image.digest)
-    subprocess.run(["cp", "-a", str(base_image.path), str(copy.path.parent)], check=True)
+    # Hard links, not a copy of the whole image (minutes here): the one file changed is unlinked and written anew,
+    # so the image it was linked to stays as it was.
+    linked = subprocess.run(["cp", "-al", str(base_image.path), str(copy.path.parent)], check=False)
+    if linked.returncode != 0:  # the cache on another filesystem than the test's directory
+        shutil.rmtree(copy.path, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(base_image.path), str(copy.path.parent)], check=True)
     status = copy.root / "var/lib/dpkg/status"
-    status.write_text(status.read_text() + "\nPackage: tampered\n")
+    tampered = status.read_text() + "\nPackage: tampered\n"
+    status.unlink()
+    status.write_text(tampered)
     result = subprocess.run(
         [sys.executable, "-m", "bulkhead.cli", "--project", str(broken.project_dir), "hosts", "up", "--from-image"],
         env={**broken.env, "BULKHEAD_CACHE": str(cache)}, capture_output=True, text=True, timeout=120, check=False,
