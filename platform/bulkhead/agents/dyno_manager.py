@@ -2,8 +2,9 @@
 their routes.
 
 Each round (every `interval` s) it:
-1. keeps its lease alive and its registration (`/bulkhead/<region>/managers/<host>`) under it, so that
-   the other managers count it, and the routers drop its routes on their own if the host dies;
+1. holds a lease and its registration (`/bulkhead/<region>/managers/<host>`) under it, so that the other
+   managers count it, and the routers drop its routes on their own if the host dies (a thread of its own
+   renews the lease, so that a slow round never lets it lapse);
 2. reads every app's desired state and the live managers, and takes its share (`dynos.placement`);
 3. compares it with supervisord (`dynos.reconcile`) and acts: stops what nobody asked for, replaces a
    crashed process, launches what is missing; each launch needs a permit from the cell's per-minute
@@ -183,12 +184,14 @@ class DynoManager:
     def __init__(self, registry: Registry, host: Host, supervisor: Supervisor, apps_dir: Path, state_path: Path,
                  rods: Reader | None = None, user: str = "bulkhead", bulkhead_cli: str = "bulkhead",
                  interval: float = 1.0, boot_timeout: float = 60.0,
-                 breaker: dynos.Breaker | None = None, max_booting: int = 2) -> None:  # fmt: skip
+                 breaker: dynos.Breaker | None = None, max_booting: int = 2,
+                 lease_ttl: int = LEASE_TTL) -> None:  # fmt: skip
         self.registry, self.host, self.supervisor = registry, host, supervisor
         self.apps_dir, self.state_path, self.rods, self.user = apps_dir, state_path, rods, user
         self.bulkhead_cli, self.interval, self.boot_timeout = bulkhead_cli, interval, boot_timeout
         self.breaker = breaker or dynos.Breaker()
         self.max_booting = max_booting
+        self.lease_ttl = lease_ttl
         self.figures = Figures(pid=os.getpid(), started_at=time.time())
         self.lease: int | None = None
         self.routes: dict[dynos.Process, routes.Route] = {}
@@ -216,7 +219,7 @@ class DynoManager:
     def _ensure_lease(self) -> int:
         if self.lease is not None and self.registry.keep_alive(self.lease) > 0:
             return self.lease
-        self.lease = self.registry.grant(LEASE_TTL)
+        self.lease = self.registry.grant(self.lease_ttl)
         log.info("lease granted", extra={"lease": self.lease})
         self.registry.put(managers_prefix(self.host.region) + self.host.name,
                           json.dumps(asdict(self.host), sort_keys=True), lease=self.lease)  # fmt: skip
@@ -225,6 +228,21 @@ class DynoManager:
         for route in published:  # the old lease took them with it
             self.registry.put(route.key(self.host.region), route.value(), lease=self.lease)
         return self.lease
+
+    def keep_lease(self) -> None:
+        """Renew the lease every third of its TTL until the manager stops, whatever a round is doing: a round
+        that waits on a slow disk or a slow supervisord past the TTL must not let the lease lapse. A lapse takes
+        this host's registration and routes with it; every other manager then places the formation without
+        this host, and the processes move and move back (a storm of launches, as in February 2012)."""
+        while not self._stop.wait(self.lease_ttl / 3):
+            lease = self.lease
+            if lease is None:
+                continue
+            try:
+                if self.registry.keep_alive(lease) <= 0:
+                    log.warning("lease expired; the next round takes a new one", extra={"lease": lease})
+            except RegistryError as error:
+                log.warning("lease not renewed: registry unreachable", extra={"error": str(error)[:200]})
 
     # --- one round ---
 
@@ -427,6 +445,7 @@ class DynoManager:
 
     def run(self) -> None:
         log.info("dyno manager started", extra={"host": self.host.name, "cell": self.host.cell})
+        threading.Thread(target=self.keep_lease, daemon=True, name="lease").start()
         while not self._stop.is_set():
             try:
                 self.step()

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from bulkhead.agents import dynos
-from bulkhead.agents.dyno_manager import DynoManager, Host, Supervisor
+from bulkhead.agents.dyno_manager import DynoManager, Host, Supervisor, managers_prefix
 from bulkhead.agents.registry import Registry, RegistryError
 
 pytestmark = pytest.mark.unit
@@ -71,6 +71,30 @@ def test_permit__refused_while_booting_by_the_breaker_and_past_the_rate(etcd, tm
     manager.booting.clear()
     breaker.booted(None, time.time())
     assert manager._permit() is None and manager.figures.launches_refused_breaker == 1
+
+
+def test_keep_lease__a_round_that_blocks_past_the_ttl_keeps_the_hosts_registration_and_routes(etcd, tmp_path):
+    _, registry = etcd
+    host = Host(f"h-{time.time_ns()}", "10.0.0.5", "eu-west-1a", "1", REGION)
+    manager = DynoManager(registry, host, Supervisor(tmp_path, tmp_path), tmp_path, tmp_path / "state.json",
+                          lease_ttl=2)  # fmt: skip
+    registration = managers_prefix(REGION) + host.name
+    # Given: the lease taken and the host registered, as a round's start does; then no round for three TTLs
+    manager._ensure_lease()
+    keeper = threading.Thread(target=manager.keep_lease, daemon=True)
+    keeper.start()
+    try:
+        time.sleep(6)
+        # Then: the registration is still there, under the same lease
+        assert registry.get(registration) is not None
+    finally:
+        manager.stop()
+        keeper.join(timeout=5)
+    # and without the keeper the lease lapses within its TTL, and takes the registration with it
+    deadline = time.monotonic() + 6
+    while registry.get(registration) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert registry.get(registration) is None
 
 
 TICKER = (
