@@ -100,3 +100,19 @@ def test_drills_and_cluster_verbs__without_hosts_say_so_in_one_line_and_change_n
     assert not (project_dir / ".bulkhead" / "drills").exists() or not any(
         p.stat().st_mtime > tmp_path.stat().st_mtime for p in (project_dir / ".bulkhead" / "drills").glob("*.json")
     )
+
+
+def test_command_word__skips_the_global_options_and_the_projects_directory():
+    assert cli.command_word(["--project", "db", "--log-json", "hosts", "up"]) == "hosts"
+    assert cli.command_word(["-v", "--project=x", "db", "check"]) == "db"
+    assert cli.command_word(["--help"]) is None and cli.command_word([]) is None
+
+
+def test_build_parser__a_named_group_alone_and_every_group_otherwise():
+    def groups(parser: argparse.ArgumentParser) -> set[str]:
+        (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return set(action.choices)
+
+    assert groups(cli.build_parser("db")) == {"plan", "db"}
+    every = {name for name, _, _ in cli.GROUPS} | {"plan"}
+    assert groups(cli.build_parser(None)) == every and groups(cli.build_parser("no-such")) == every
